@@ -1,0 +1,16 @@
+// gpt3d_C::cpu_isa() -> "avx512" | "portable": which CPU code path the kernels take here (reported by the benchmark,
+// checked by the tests). No tensor arguments, so it is registered for every backend.
+#include <torch/extension.h>
+
+#include <string>
+
+#include "common/cpu_features.h"
+
+namespace gpt3d {
+namespace {
+std::string cpu_isa() { return cpu_isa_name(); }
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gpt3d_C, m) { m.def("cpu_isa() -> str", &cpu_isa); }
+
+}  // namespace gpt3d

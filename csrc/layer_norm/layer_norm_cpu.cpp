@@ -1,0 +1,58 @@
+// LayerNorm CPU entry points: OpenMP over rows (torch's own OpenMP runtime, so torch.set_num_threads applies), with the
+// row kernel chosen once per call by the CPU's instruction set.
+#include "layer_norm/layer_norm_cpu.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/bf16.h"
+#include "common/cpu_features.h"
+
+namespace gpt3d {
+namespace {
+
+// Rows per OpenMP task: enough work to amortise scheduling, small enough to balance.
+int64_t rows_per_task(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+
+}  // namespace
+
+void layer_norm_forward_cpu(const LayerNormForwardArgs& a) {
+  auto rows_fn = cpu_has_avx512() ? cpu_avx512::layer_norm_forward_rows : cpu_portable::layer_norm_forward_rows;
+  const int64_t step = rows_per_task(a.cols);
+  const int64_t tasks = (a.rows + step - 1) / step;
+#pragma omp parallel for schedule(static) if (tasks > 1)
+  for (int64_t t = 0; t < tasks; ++t) rows_fn(a, t * step, std::min(a.rows, (t + 1) * step));
+}
+
+void layer_norm_backward_cpu(const LayerNormBackwardArgs& a) {
+  auto rows_fn = cpu_has_avx512() ? cpu_avx512::layer_norm_backward_rows : cpu_portable::layer_norm_backward_rows;
+  // dgamma/dbeta: each chunk of rows accumulates its own fp32 column sums, added in chunk order afterwards. The chunk
+  // count does not depend on the thread count (up to 32 threads), so results are reproducible across thread counts.
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(a.rows, std::max(32, omp_get_max_threads())));
+  std::vector<float> partial(static_cast<size_t>(chunks) * 2 * a.cols, 0.f);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t begin = a.rows * k / chunks, end = a.rows * (k + 1) / chunks;
+    float* dg = partial.data() + k * 2 * a.cols;
+    rows_fn(a, begin, end, dg, dg + a.cols);
+  }
+#pragma omp parallel for schedule(static) if (a.cols >= 4096)
+  for (int64_t j = 0; j < a.cols; ++j) {
+    float dg = 0.f, db = 0.f;
+    for (int64_t k = 0; k < chunks; ++k) {
+      dg += partial[(k * 2) * a.cols + j];
+      db += partial[(k * 2 + 1) * a.cols + j];
+    }
+    if (a.w_dtype == DType::kFloat32) {
+      static_cast<float*>(a.dgamma)[j] = dg;
+      static_cast<float*>(a.dbeta)[j] = db;
+    } else {
+      static_cast<uint16_t*>(a.dgamma)[j] = float_to_bf16(dg);
+      static_cast<uint16_t*>(a.dbeta)[j] = float_to_bf16(db);
+    }
+  }
+}
+
+}  // namespace gpt3d

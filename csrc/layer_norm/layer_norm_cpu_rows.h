@@ -1,0 +1,133 @@
+// LayerNorm row kernels written once over a vector type V (VecAvx512 or VecPortable) and storage types T (input) and
+// W (gamma/beta): float or uint16_t (bf16). Included by layer_norm_cpu_{avx512,portable}.cpp, each of which defines
+// the entry points of layer_norm_cpu.h in its own namespace.
+#pragma once
+#include <cstdint>
+
+#include "common/bf16.h"
+#include "common/dtype.h"
+#include "layer_norm/layer_norm_cpu.h"
+#include "layer_norm/layer_norm_math.h"
+
+namespace gpt3d {
+namespace {
+
+template <class V, class T>
+inline int lanes(int64_t cols, int64_t j) {
+  return cols - j >= V::kWidth ? V::kWidth : static_cast<int>(cols - j);
+}
+
+template <class V, class T, class W>
+void ln_forward_row(const T* x, const T* residual, const W* gamma, const W* beta, T* y, T* sum, int64_t cols,
+                    float eps, float* mean_out, float* rstd_out) {
+  if (residual != nullptr) {  // sum = x + residual, rounded to T; the row then normalises the stored sum
+    for (int64_t j = 0; j < cols; j += V::kWidth) {
+      const int n = lanes<V, T>(cols, j);
+      (V::load(x + j, n) + V::load(residual + j, n)).store(sum + j, n);
+    }
+    x = sum;
+  }
+  V acc0 = V::zero(), acc1 = V::zero();  // two accumulators hide the add latency
+  int64_t j = 0;
+  for (; j + 2 * V::kWidth <= cols; j += 2 * V::kWidth) {
+    acc0 = acc0 + V::load(x + j);
+    acc1 = acc1 + V::load(x + j + V::kWidth);
+  }
+  for (; j < cols; j += V::kWidth) acc0 = acc0 + V::load(x + j, lanes<V, T>(cols, j));
+  const float mean = (acc0 + acc1).sum() / static_cast<float>(cols);
+
+  const V vmean = V::set1(mean), zero = V::zero();
+  acc0 = V::zero();
+  acc1 = V::zero();
+  for (j = 0; j + 2 * V::kWidth <= cols; j += 2 * V::kWidth) {
+    const V d0 = V::load(x + j) - vmean, d1 = V::load(x + j + V::kWidth) - vmean;
+    acc0 = acc0 + d0 * d0;
+    acc1 = acc1 + d1 * d1;
+  }
+  for (; j < cols; j += V::kWidth) {
+    const int n = lanes<V, T>(cols, j);
+    const V d = V::select(V::first(n), V::load(x + j, n) - vmean, zero);
+    acc0 = acc0 + d * d;
+  }
+  const float rstd = ln_rstd((acc0 + acc1).sum(), cols, eps);
+
+  const V vrstd = V::set1(rstd);
+  for (j = 0; j < cols; j += V::kWidth) {
+    const int n = lanes<V, T>(cols, j);
+    const V xhat = ln_normalize(V::load(x + j, n), vmean, vrstd);
+    ln_affine(xhat, V::load(gamma + j, n), V::load(beta + j, n)).store(y + j, n);
+  }
+  *mean_out = mean;
+  *rstd_out = rstd;
+}
+
+// dx for one row; adds dy * xhat and dy into the caller's fp32 column accumulators for dgamma and dbeta.
+template <class V, class T, class W>
+void ln_backward_row(const T* dy, const T* dextra, const T* x, float mean, float rstd, const W* gamma, T* dx,
+                     int64_t cols, float* dgamma_acc, float* dbeta_acc) {
+  const V vmean = V::set1(mean), vrstd = V::set1(rstd);
+  V sum_g = V::zero(), sum_g_xhat = V::zero();
+  for (int64_t j = 0; j < cols; j += V::kWidth) {
+    const int n = lanes<V, T>(cols, j);
+    const V vdy = V::load(dy + j, n);
+    const V xhat = ln_normalize(V::load(x + j, n), vmean, vrstd);
+    const V g = vdy * V::load(gamma + j, n);
+    sum_g = sum_g + g;
+    sum_g_xhat = sum_g_xhat + g * xhat;
+    (V::load(dgamma_acc + j, n) + vdy * xhat).store(dgamma_acc + j, n);
+    (V::load(dbeta_acc + j, n) + vdy).store(dbeta_acc + j, n);
+  }
+  const float inv_cols = 1.f / static_cast<float>(cols);
+  const V mean_g = V::set1(sum_g.sum() * inv_cols), mean_g_xhat = V::set1(sum_g_xhat.sum() * inv_cols);
+  for (int64_t j = 0; j < cols; j += V::kWidth) {
+    const int n = lanes<V, T>(cols, j);
+    const V xhat = ln_normalize(V::load(x + j, n), vmean, vrstd);
+    const V g = V::load(dy + j, n) * V::load(gamma + j, n);
+    V d = ln_input_grad(g, xhat, vrstd, mean_g, mean_g_xhat);
+    if (dextra != nullptr) d = d + V::load(dextra + j, n);
+    d.store(dx + j, n);
+  }
+}
+
+template <class V, class T, class W>
+void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t end) {
+  const int64_t c = a.cols;
+  const T* x = static_cast<const T*>(a.x);
+  const T* res = static_cast<const T*>(a.residual);
+  for (int64_t r = begin; r < end; ++r) {
+    ln_forward_row<V, T, W>(x + r * c, res ? res + r * c : nullptr, static_cast<const W*>(a.gamma),
+                            static_cast<const W*>(a.beta), static_cast<T*>(a.y) + r * c,
+                            res ? static_cast<T*>(a.sum) + r * c : nullptr, c, a.eps, a.mean + r, a.rstd + r);
+  }
+}
+
+template <class V, class T, class W>
+void ln_backward_rows_typed(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
+                            float* dbeta_acc) {
+  const int64_t c = a.cols;
+  const T* dextra = static_cast<const T*>(a.dextra);
+  for (int64_t r = begin; r < end; ++r) {
+    ln_backward_row<V, T, W>(static_cast<const T*>(a.dy) + r * c, dextra ? dextra + r * c : nullptr,
+                             static_cast<const T*>(a.x) + r * c, a.mean[r], a.rstd[r],
+                             static_cast<const W*>(a.gamma), static_cast<T*>(a.dx) + r * c, c, dgamma_acc,
+                             dbeta_acc);
+  }
+}
+
+// The (input, weight) dtype pairs with kernels: fp32/fp32, bf16/bf16, bf16/fp32 (the binding rejects the rest).
+template <class V>
+void ln_forward_rows_dispatch(const LayerNormForwardArgs& a, int64_t begin, int64_t end) {
+  if (a.x_dtype == DType::kFloat32) ln_forward_rows_typed<V, float, float>(a, begin, end);
+  else if (a.w_dtype == DType::kBFloat16) ln_forward_rows_typed<V, uint16_t, uint16_t>(a, begin, end);
+  else ln_forward_rows_typed<V, uint16_t, float>(a, begin, end);
+}
+
+template <class V>
+void ln_backward_rows_dispatch(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dg, float* db) {
+  if (a.x_dtype == DType::kFloat32) ln_backward_rows_typed<V, float, float>(a, begin, end, dg, db);
+  else if (a.w_dtype == DType::kBFloat16) ln_backward_rows_typed<V, uint16_t, uint16_t>(a, begin, end, dg, db);
+  else ln_backward_rows_typed<V, uint16_t, float>(a, begin, end, dg, db);
+}
+
+}  // namespace
+}  // namespace gpt3d

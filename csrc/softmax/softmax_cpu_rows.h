@@ -1,0 +1,109 @@
+// Softmax row kernels written once over a vector type V (VecAvx512 or VecPortable) and storage T (float or uint16_t
+// bf16). Included by softmax_cpu_{avx512,portable}.cpp.
+#pragma once
+#include <cstdint>
+
+#include "common/bf16.h"
+#include "common/dtype.h"
+#include "softmax/softmax_cpu.h"
+#include "softmax/softmax_math.h"
+
+namespace gpt3d {
+namespace {
+
+template <class V>
+inline int softmax_lanes(int64_t limit, int64_t j) {
+  return limit - j >= V::kWidth ? V::kWidth : static_cast<int>(limit - j);
+}
+
+template <class V, class T>
+void store_zeros(T* y, int64_t from, int64_t to) {
+  for (int64_t j = from; j < to; j += V::kWidth) V::zero().store(y + j, softmax_lanes<V>(to, j));
+}
+
+// Keys [0, visible) are candidates (the causal limit, or sk); `mask` (may be null) hides more of them.
+template <class V, class T>
+void softmax_forward_row(const T* x, const bool* mask, T* y, int64_t sk, int64_t visible, float scale, float* scratch) {
+  const V vscale = V::set1(scale), neg_inf = V::set1(-__builtin_inff()), zero = V::zero();
+  V vmax = neg_inf;
+  for (int64_t j = 0; j < visible; j += V::kWidth) {  // pass 1: scaled, masked scores into scratch; row max
+    const int n = softmax_lanes<V>(visible, j);
+    V v = V::load(x + j, n) * vscale;
+    if (mask != nullptr) v = V::select(V::load_mask(mask + j, n), neg_inf, v);
+    v = V::select(V::first(n), v, neg_inf);
+    vmax = V::max(vmax, v);
+    v.store(scratch + j, n);
+  }
+  const float row_max = vmax.hmax();
+  if (!(row_max > -__builtin_inff())) {  // every key masked: the row is all zeros
+    store_zeros<V>(y, 0, sk);
+    return;
+  }
+  const V vrow_max = V::set1(row_max);
+  V vsum = zero;
+  for (int64_t j = 0; j < visible; j += V::kWidth) {  // pass 2: exponentials (masked keys give exactly 0)
+    const int n = softmax_lanes<V>(visible, j);
+    const V e = V::select(V::first(n), V::exp(V::load(scratch + j, n) - vrow_max), zero);
+    vsum = vsum + e;
+    e.store(scratch + j, n);
+  }
+  const V inv_sum = V::set1(1.f / vsum.sum());
+  for (int64_t j = 0; j < visible; j += V::kWidth) {  // pass 3: normalise
+    const int n = softmax_lanes<V>(visible, j);
+    (V::load(scratch + j, n) * inv_sum).store(y + j, n);
+  }
+  store_zeros<V>(y, visible, sk);
+}
+
+template <class V, class T>
+void softmax_backward_row(const T* dy, const T* y, T* dx, int64_t sk, int64_t visible, float scale) {
+  V acc = V::zero();
+  for (int64_t j = 0; j < visible; j += V::kWidth) {
+    const int n = softmax_lanes<V>(visible, j);
+    acc = acc + V::load(dy + j, n) * V::load(y + j, n);
+  }
+  const V dot = V::set1(acc.sum()), vscale = V::set1(scale);
+  for (int64_t j = 0; j < visible; j += V::kWidth) {
+    const int n = softmax_lanes<V>(visible, j);
+    softmax_input_grad(V::load(dy + j, n), V::load(y + j, n), dot, vscale).store(dx + j, n);
+  }
+  store_zeros<V>(dx, visible, sk);
+}
+
+template <class V, class T>
+void softmax_forward_rows_typed(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch) {
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.y);
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t q = r % a.sq, bh = r / a.sq;
+    const bool* mask = a.mask == nullptr ? nullptr
+                                         : a.mask + (bh / a.heads) * a.mask_stride_b +
+                                               (bh % a.heads) * a.mask_stride_h + q * a.mask_stride_q;
+    const int64_t visible = a.causal ? causal_visible_keys(q, a.sq, a.sk) : a.sk;
+    softmax_forward_row<V, T>(x + r * a.sk, mask, y + r * a.sk, a.sk, visible, a.scale, scratch);
+  }
+}
+
+template <class V, class T>
+void softmax_backward_rows_typed(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t visible = a.causal ? causal_visible_keys(r % a.sq, a.sq, a.sk) : a.sk;
+    softmax_backward_row<V, T>(static_cast<const T*>(a.dy) + r * a.sk, static_cast<const T*>(a.y) + r * a.sk,
+                               static_cast<T*>(a.dx) + r * a.sk, a.sk, visible, a.scale);
+  }
+}
+
+template <class V>
+void softmax_forward_rows_dispatch(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch) {
+  if (a.dtype == DType::kFloat32) softmax_forward_rows_typed<V, float>(a, begin, end, scratch);
+  else softmax_forward_rows_typed<V, uint16_t>(a, begin, end, scratch);
+}
+
+template <class V>
+void softmax_backward_rows_dispatch(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end) {
+  if (a.dtype == DType::kFloat32) softmax_backward_rows_typed<V, float>(a, begin, end);
+  else softmax_backward_rows_typed<V, uint16_t>(a, begin, end);
+}
+
+}  // namespace
+}  // namespace gpt3d

@@ -1,0 +1,48 @@
+"""Parallel layout config: tensor, pipeline, data parallel degrees and how they run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from .base import field, require
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = field(1, doc="tensor-parallel degree (ranks sharing one layer's weights; keep within a node)")
+    pp: int = field(1, doc="pipeline-parallel degree (stages)")
+    dp: Optional[int] = field(None, doc="data-parallel degree; default world_size / (tp * pp)")
+    vp: int = field(1, doc="virtual pipeline stages per rank (> 1 selects the interleaved 1F1B schedule)")
+    sequence_parallel: bool = field(False, doc="shard LayerNorm/dropout regions along the sequence across TP ranks")
+    schedule: Literal["1f1b", "gpipe"] = field("1f1b", doc="pipeline schedule (vp > 1 always uses interleaved 1F1B)")
+    pipeline_split: Optional[list[int]] = field(
+        None, doc="layers per (virtual) stage, pp * vp entries summing to n_layers; default: balanced")
+    recompute: Literal["none", "selective", "full"] = field(
+        "none", doc="activation recomputation: selective = attention core, full = every transformer layer")
+    distributed_optimizer: bool = field(False, doc="shard fp32 master weights and Adam states across DP (ZeRO-1)")
+    overlap_grad_reduce: bool = field(True, doc="launch DP gradient all-reduce per bucket during backward")
+    bucket_mb: float = field(25.0, doc="DP gradient bucket size in MB")
+    comm_timeout_s: float = field(300.0, doc="collective timeout; on expiry each rank reports where it was and exits")
+    backend: Literal["auto", "gloo", "nccl"] = field("auto", doc="torch.distributed backend; auto = nccl on GPU")
+
+    def __post_init__(self):
+        for name in ("tp", "pp", "vp"):
+            require(getattr(self, name) >= 1, f"parallel.{name}", f"must be >= 1, got {getattr(self, name)}")
+        if self.dp is not None:
+            require(self.dp >= 1, "parallel.dp", f"must be >= 1, got {self.dp}")
+        require(self.bucket_mb > 0, "parallel.bucket_mb", "must be positive")
+        require(self.comm_timeout_s > 0, "parallel.comm_timeout_s", "must be positive")
+        if self.vp > 1:
+            require(self.pp > 1, "parallel.vp", f"vp={self.vp} needs pp > 1 (interleaving splits pipeline stages)")
+            require(self.schedule == "1f1b", "parallel.schedule", "vp > 1 runs interleaved 1F1B; set schedule: 1f1b")
+        if self.pipeline_split is not None:
+            require(len(self.pipeline_split) == self.pp * self.vp, "parallel.pipeline_split",
+                    f"has {len(self.pipeline_split)} entries; needs pp*vp = {self.pp * self.vp}")
+            require(all(n >= 1 for n in self.pipeline_split), "parallel.pipeline_split",
+                    "every stage needs at least one layer")
+        if self.sequence_parallel and self.tp == 1:
+            self.sequence_parallel = False  # nothing to shard across
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tp * self.pp

@@ -1,0 +1,1 @@
+"""Starting ranks: discovering what an external launcher (torchrun, srun, mpirun) set up (env.py)."""

@@ -1,0 +1,50 @@
+"""Start N local ranks without a launcher (gloo on CPU, one GPU each on a GPU machine).
+
+Used by `gpt3d train --tp/--pp/--dp` when no launcher environment is present, and by the distributed tests.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from typing import Any, Callable
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn: Callable, world_size: int, port: int, args: tuple, results: Any) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size),
+                       "GPT3D_SPAWNED": "1"})
+    try:
+        out = fn(rank, world_size, *args)
+        if results is not None:
+            results[rank] = out
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn(fn: Callable, world_size: int, *args, collect: bool = False) -> list[Any] | None:
+    """Run fn(rank, world_size, *args) in `world_size` fresh processes; re-raises if any rank fails. With
+    collect=True, returns each rank's (picklable) return value."""
+    port = free_port()
+    manager = mp.Manager() if collect else None
+    results = manager.dict() if collect else None
+    try:
+        mp.start_processes(_entry, args=(fn, world_size, port, args, results), nprocs=world_size, join=True,
+                           start_method="spawn")
+        return [results[r] for r in range(world_size)] if collect else None
+    finally:
+        if manager is not None:
+            manager.shutdown()

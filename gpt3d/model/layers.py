@@ -1,0 +1,167 @@
+"""GPT building blocks (single-device view). Tensor parallelism swaps some of them by name (gpt3d/parallel/tensor.py);
+every block reads its local sizes from its weights, so the same forward code runs sharded or whole.
+
+Activations are [batch, seq, hidden]. The fused qkv projection stores its output rows per head, [heads, (q, k, v),
+d_head] (Megatron's interleaved order), so a contiguous TP shard of the rows holds whole heads.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt3d.config.model import ModelConfig
+
+from . import ops
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, impl: str):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.layer_norm(x, self.weight, self.bias, self.eps, self.impl)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + residual, norm(x + residual)), fused."""
+        return ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps, self.impl)
+
+
+class Dropout(nn.Module):
+    """Dropout whose random stream is chosen by the parallel layer that owns it (see gpt3d/parallel/random.py):
+    `rng_context` is set by tensor parallelism to draw from the TP-rank-specific stream where the tensor is sharded."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.rng_context: Optional[Callable] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        if self.rng_context is None:
+            return F.dropout(x, self.p, training=True)
+        with self.rng_context():
+            return F.dropout(x, self.p, training=True)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, kind: str, layout: Optional[torch.Tensor]):
+        super().__init__()
+        self.d_head = cfg.d_head
+        self.kind = kind
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.attn_width)
+        self.proj = nn.Linear(cfg.attn_width, cfg.d_model)
+        self.attn_dropout = Dropout(cfg.attn_dropout)
+        self.dense_core = cfg.dense_attention
+        self.impl = cfg.kernels
+        self.block = cfg.sparse.block
+        # The block-sparse layout of all heads [heads, nb, nb]; TP keeps this rank's head slice.
+        self.register_buffer("layout", layout, persistent=False)
+        self.recompute_core = False  # selective recomputation of the attention core (set by the parallel plan)
+        self.rng_context: Optional[Callable] = None
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.kind == "sparse":
+            return ops.sparse_causal_attention(q, k, v, self.layout, self.block, self.impl)
+        dropout_p = self.attn_dropout.p if self.training else 0.0
+        if dropout_p > 0 and self.attn_dropout.rng_context is not None:
+            with self.attn_dropout.rng_context():
+                return ops.dense_causal_attention(q, k, v, dropout_p, self.dense_core, self.impl)
+        return ops.dense_causal_attention(q, k, v, dropout_p, self.dense_core, self.impl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        b, s, _ = qkv.shape
+        heads = qkv.shape[-1] // (3 * self.d_head)  # local heads under tensor parallelism
+        q, k, v = qkv.view(b, s, heads, 3, self.d_head).permute(3, 0, 2, 1, 4).unbind(0)
+        if self.recompute_core and torch.is_grad_enabled():
+            from gpt3d.parallel.recompute import checkpoint
+            ctx = checkpoint(self.core, q, k, v, rng_context=self.attn_dropout.rng_context)
+        else:
+            ctx = self.core(q, k, v)
+        ctx = ctx.transpose(1, 2).reshape(b, s, heads * self.d_head)
+        return self.proj(ctx)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.activation = cfg.activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(ops.gelu(self.fc1(x), self.activation))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + drop(attn(ln1(x))), then + drop(mlp(ln2(.)))."""
+
+    def __init__(self, cfg: ModelConfig, kind: str, layout: Optional[torch.Tensor]):
+        super().__init__()
+        self.ln1 = LayerNorm(cfg.d_model, cfg.layernorm_eps, cfg.kernels)
+        self.attn = CausalSelfAttention(cfg, kind, layout)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.layernorm_eps, cfg.kernels)
+        self.mlp = MLP(cfg)
+        self.attn_out_dropout = Dropout(cfg.hidden_dropout)
+        self.mlp_out_dropout = Dropout(cfg.hidden_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn_out = self.attn_out_dropout(self.attn(self.ln1(x)))
+        x, normed = self.ln2.add_and_norm(attn_out, x)
+        return x + self.mlp_out_dropout(self.mlp(normed))
+
+
+class Embedding(nn.Module):
+    """Token + learned position embeddings, then dropout."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.tok = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.dropout = Dropout(cfg.hidden_dropout)
+
+    def lookup_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tok(ids)
+
+    def positions(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        return self.pos.weight[:seq_len]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.pos.weight.shape[0]:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the position table "
+                             f"({self.pos.weight.shape[0]}); use shorter sequences or a larger model.seq_len")
+        return self.dropout(self.lookup_tokens(ids) + self.positions(ids.shape[1], ids.device))
+
+
+def masked_padded_logits(logits: torch.Tensor, vocab_start: int, vocab_size: int) -> torch.Tensor:
+    """Padded vocabulary rows (global id >= vocab_size) can never be predicted: their logits become -inf."""
+    local = logits.shape[-1]
+    if vocab_start + local <= vocab_size:
+        return logits
+    valid = torch.arange(vocab_start, vocab_start + local, device=logits.device) < vocab_size
+    return logits.masked_fill(~valid, float("-inf"))
+
+
+class LMHead(nn.Module):
+    """Logits against the (tied) embedding matrix, and the mean token cross-entropy. Holds its own weight only when
+    untied or when it sits on another pipeline stage than the embedding (a tied copy, kept equal by gradient sync)."""
+
+    def __init__(self, cfg: ModelConfig, own_weight: bool):
+        super().__init__()
+        self.vocab_size = cfg.vocab_size
+        self.weight = nn.Parameter(torch.empty(cfg.padded_vocab_size, cfg.d_model)) if own_weight else None
+
+    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return masked_padded_logits(F.linear(hidden, weight), 0, self.vocab_size)
+
+    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(hidden, weight)
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())

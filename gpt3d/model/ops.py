@@ -1,0 +1,43 @@
+"""The model's view of the kernels: fused (csrc/) or PyTorch reference, chosen by `model.kernels`."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
+    from gpt3d import kernels
+    return kernels.layer_norm(x, weight, bias, eps, impl=impl)
+
+
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                   impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + residual, layer_norm(x + residual)) in one pass."""
+    from gpt3d import kernels
+    return kernels.add_layer_norm(x, residual, weight, bias, eps, impl=impl)
+
+
+def gelu(x: torch.Tensor, activation: str) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
+def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, core: str,
+                           impl: str) -> torch.Tensor:
+    """Causal attention over [b, h, s, d]. core "sdpa": torch's scaled_dot_product_attention (flash/efficient kernels,
+    never materialises the scores); core "softmax": explicit scores through gpt3d's scaled causal softmax kernel
+    (`impl` fused or reference), Megatron's formulation."""
+    if core == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    from gpt3d import kernels
+    scale = q.shape[-1] ** -0.5
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    probs = kernels.scaled_causal_softmax(scores, scale, impl=impl)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p, training=True)
+    return torch.matmul(probs.to(v.dtype), v)
+
+
+def sparse_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor, block: int,
+                            impl: str) -> torch.Tensor:
+    from gpt3d.kernels.sparse_attention import block_sparse_attention
+    return block_sparse_attention(q, k, v, layout, block, impl=impl)

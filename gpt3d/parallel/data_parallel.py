@@ -1,0 +1,184 @@
+"""Data-parallel gradient synchronisation over flat, bucketed gradient buffers.
+
+Parameters and their gradients live in flat fp32 buffers, one per bucket (about `bucket_mb`, filled in the reverse
+order of the forward so buckets complete early in backward). During the last micro-batch's backward, a bucket is
+reduced asynchronously as soon as all of its gradients are final (post-accumulate-grad hooks), overlapping the
+rest of backward. Earlier micro-batches accumulate into the same buffers with no communication.
+
+Gradients that need another reduction first are kept in "deferred" buckets, reduced after backward: the tied
+embedding and its copy on the last pipeline stage (summed over the embedding group) and, under sequence
+parallelism, parameters whose gradient is partial per TP rank (summed over the TP group).
+
+With the distributed optimizer (ZeRO-1) each bucket is padded to a multiple of dp and reduce-scattered: rank d
+owns shard d of every bucket (its fp32 master values and Adam states), and all-gathers updated parameters back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .context import Group, ParallelContext
+
+
+@dataclass
+class Bucket:
+    params: list[nn.Parameter]
+    offsets: list[int]
+    numel: int
+    padded: int
+    param_data: torch.Tensor
+    grad_data: torch.Tensor
+    deferred: bool
+    ready: set = field(default_factory=set)
+    work: Optional[object] = None
+
+    def shard(self, tensor: torch.Tensor, dp: Group) -> torch.Tensor:
+        size = self.padded // dp.size
+        return tensor[dp.rank * size:(dp.rank + 1) * size]
+
+
+def _needs_deferral(param: nn.Parameter) -> bool:
+    return bool(getattr(param, "embedding_sync", False) or getattr(param, "tp_partial_grad", False))
+
+
+class GradSynchronizer:
+    def __init__(self, ctx: ParallelContext, chunks: list[nn.Module], bucket_mb: float, overlap: bool,
+                 distributed_optimizer: bool):
+        self.ctx = ctx
+        self.dp = ctx.dp_group
+        self.overlap = overlap and self.dp.size > 1
+        self.distributed = distributed_optimizer
+        self.buckets: list[list[Bucket]] = [self._build(chunk, bucket_mb) for chunk in chunks]
+        self.sync_enabled = [False] * len(chunks)
+        self._bucket_of: dict[int, tuple[int, Bucket]] = {}
+        for c, buckets in enumerate(self.buckets):
+            for bucket in buckets:
+                for p in bucket.params:
+                    self._bucket_of[id(p)] = (c, bucket)
+                    if self.overlap and not bucket.deferred:
+                        p.register_post_accumulate_grad_hook(self._on_grad_ready)
+
+    def _build(self, chunk: nn.Module, bucket_mb: float) -> list[Bucket]:
+        params = [p for p in chunk.parameters() if p.requires_grad]
+        regular = [p for p in reversed(params) if not _needs_deferral(p)]
+        deferred = [p for p in reversed(params) if _needs_deferral(p)]
+        limit = max(1, int(bucket_mb * 1024 * 1024 / 4))
+        buckets, current = [], []
+        for p in regular:
+            current.append(p)
+            if sum(q.numel() for q in current) >= limit:
+                buckets.append(self._make_bucket(current, False))
+                current = []
+        if current:
+            buckets.append(self._make_bucket(current, False))
+        if deferred:
+            buckets.append(self._make_bucket(deferred, True))
+        return buckets
+
+    def _make_bucket(self, params: list[nn.Parameter], deferred: bool) -> Bucket:
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += p.numel()
+        multiple = self.dp.size if self.distributed else 1
+        padded = -(-total // multiple) * multiple
+        device = params[0].device
+        param_data = torch.zeros(padded, dtype=torch.float32, device=device)
+        grad_data = torch.zeros(padded, dtype=torch.float32, device=device)
+        for p, off in zip(params, offsets):
+            n = p.numel()
+            param_data[off:off + n].copy_(p.detach().reshape(-1))
+            p.data = param_data[off:off + n].view_as(p)
+            p.grad = grad_data[off:off + n].view_as(p)
+        return Bucket(params, offsets, total, padded, param_data, grad_data, deferred)
+
+    # -- backward-time hooks ------------------------------------------------------------------------------------
+    def enable_sync(self, chunk: int) -> None:
+        """Called before the last micro-batch's backward of `chunk`: from now on, full buckets are reduced."""
+        self.sync_enabled[chunk] = True
+
+    def _on_grad_ready(self, param: nn.Parameter) -> None:
+        chunk, bucket = self._bucket_of[id(param)]
+        if not self.sync_enabled[chunk]:
+            return
+        bucket.ready.add(id(param))
+        if len(bucket.ready) == len(bucket.params) and bucket.work is None:
+            bucket.work = self._launch(bucket, async_op=True)
+
+    def _launch(self, bucket: Bucket, async_op: bool):
+        if self.dp.size == 1:
+            return None
+        nbytes = bucket.grad_data.numel() * bucket.grad_data.element_size()
+        if self.distributed:
+            self.dp.account("reduce_scatter", nbytes)
+            self._shard_out = getattr(self, "_shard_out", {})
+            out = torch.empty(bucket.padded // self.dp.size, dtype=torch.float32, device=bucket.grad_data.device)
+            self._shard_out[id(bucket)] = out
+            return dist.reduce_scatter_tensor(out, bucket.grad_data, group=self.dp.pg, async_op=async_op)
+        self.dp.account("all_reduce", nbytes)
+        return dist.all_reduce(bucket.grad_data, group=self.dp.pg, async_op=async_op)
+
+    def _complete(self, bucket: Bucket) -> None:
+        if bucket.work is not None:
+            bucket.work.wait()
+        bucket.work = None
+        bucket.ready.clear()
+        if self.dp.size == 1:
+            return
+        if self.distributed:
+            shard = bucket.shard(bucket.grad_data, self.dp)
+            shard.copy_(self._shard_out.pop(id(bucket)))
+            shard.div_(self.dp.size)
+        else:
+            bucket.grad_data.div_(self.dp.size)
+
+    def _model_parallel_reductions(self, bucket: Bucket) -> None:
+        for p in bucket.params:
+            if getattr(p, "embedding_sync", False) and self.ctx.embedding_group.size > 1:
+                self.ctx.embedding_group.account("all_reduce", p.grad.numel() * p.grad.element_size())
+                dist.all_reduce(p.grad, group=self.ctx.embedding_group.pg)
+            if getattr(p, "tp_partial_grad", False) and self.ctx.tp_group.size > 1:
+                self.ctx.tp_group.account("all_reduce", p.grad.numel() * p.grad.element_size())
+                dist.all_reduce(p.grad, group=self.ctx.tp_group.pg)
+
+    def finish(self) -> None:
+        """After backward: complete in-flight reductions, then the deferred ones (MP first, then DP)."""
+        for buckets in self.buckets:
+            for bucket in buckets:
+                if bucket.deferred:
+                    self._model_parallel_reductions(bucket)
+                    bucket.work = self._launch(bucket, async_op=False)
+                elif bucket.work is None:  # no overlap, or hooks did not fire (e.g. unused parameters)
+                    bucket.work = self._launch(bucket, async_op=False)
+                self._complete(bucket)
+        self.sync_enabled = [False] * len(self.buckets)
+
+    def zero_grad(self) -> None:
+        for buckets in self.buckets:
+            for bucket in buckets:
+                bucket.grad_data.zero_()
+
+    def all_buckets(self) -> list[Bucket]:
+        return [b for buckets in self.buckets for b in buckets]
+
+    def gather_grads(self) -> None:
+        """Distributed optimizer, for inspection only (tests, profiling, exports): after `finish`, each rank holds
+        just its shard of the reduced gradient; all-gather so every rank sees the full reduced gradients."""
+        if not self.distributed or self.dp.size == 1:
+            return
+        for bucket in self.all_buckets():
+            shard = bucket.shard(bucket.grad_data, self.dp).clone()
+            dist.all_gather_into_tensor(bucket.grad_data, shard, group=self.dp.pg)
+
+    def gather_params(self) -> None:
+        """Distributed optimizer: every rank updated its shard of each bucket; all-gather the full parameters."""
+        if not self.distributed or self.dp.size == 1:
+            return
+        for bucket in self.all_buckets():
+            shard = bucket.shard(bucket.param_data, self.dp).clone()
+            self.dp.account("all_gather", bucket.param_data.numel() * bucket.param_data.element_size())
+            dist.all_gather_into_tensor(bucket.param_data, shard, group=self.dp.pg)

@@ -1,0 +1,227 @@
+"""Tensor parallelism: sharded versions of the model's layers, and the plan that swaps them in by name.
+
+Column-parallel linears (qkv, fc1) split their output rows; row-parallel linears (proj, fc2) split their input
+columns and keep the full bias; the embedding and the tied head split the padded vocabulary, and the loss is computed
+from the vocabulary shards without gathering the logits. With sequence parallelism the residual stream between the
+GEMMs is split along the sequence: all-gather before a column-parallel GEMM, reduce-scatter after a row-parallel one.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from gpt3d.model.gpt import GPTStage
+from gpt3d.model.init import ShardInfo
+from gpt3d.model.layers import Dropout, Embedding, LMHead, masked_padded_logits
+
+from . import comm
+from .context import Group
+from .random import StreamContext
+
+
+def _sharded_param(shape: tuple[int, ...], like: nn.Parameter, shard: ShardInfo) -> nn.Parameter:
+    param = nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype))
+    param.__dict__.update({k: v for k, v in like.__dict__.items() if not k.startswith("_")})
+    param.shard = shard
+    return param
+
+
+class ColumnParallelLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, group: Group, sequence_parallel: bool):
+        super().__init__()
+        out, inp = linear.weight.shape
+        assert out % group.size == 0, f"{out} output features not divisible by tp={group.size}"
+        shard = ShardInfo(0, group.rank, group.size)
+        self.weight = _sharded_param((out // group.size, inp), linear.weight, shard)
+        self.bias = _sharded_param((out // group.size,), linear.bias, shard)
+        self.group, self.sequence_parallel = group, sequence_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = comm.gather_from_sp(x, self.group) if self.sequence_parallel else comm.copy_to_tp(x, self.group)
+        return F.linear(x, self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, group: Group, sequence_parallel: bool):
+        super().__init__()
+        out, inp = linear.weight.shape
+        assert inp % group.size == 0, f"{inp} input features not divisible by tp={group.size}"
+        self.weight = _sharded_param((out, inp // group.size), linear.weight, ShardInfo(1, group.rank, group.size))
+        self.bias = linear.bias  # full bias, added once after the reduction
+        if sequence_parallel:
+            self.bias.tp_partial_grad = True  # each rank sees only its sequence shard: sum grads over TP
+        self.group, self.sequence_parallel = group, sequence_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        partial = F.linear(x, self.weight)
+        if self.sequence_parallel:
+            out = comm.reduce_scatter_to_sp(partial, self.group)
+        else:
+            out = comm.reduce_from_tp(partial, self.group)
+        return out + self.bias
+
+
+class VocabParallelEmbedding(Embedding):
+    """Token rows split across TP (contiguous ranges of the padded vocabulary); positions replicated."""
+
+    def __init__(self, embed: Embedding, group: Group, sequence_parallel: bool):
+        nn.Module.__init__(self)
+        rows, dim = embed.tok.weight.shape
+        self.per_rank = rows // group.size
+        self.vocab_start = group.rank * self.per_rank
+        self.tok = nn.Embedding(self.per_rank, dim, device=embed.tok.weight.device)
+        self.tok.weight = _sharded_param((self.per_rank, dim), embed.tok.weight, ShardInfo(0, group.rank, group.size))
+        self.pos = embed.pos
+        if sequence_parallel:
+            self.pos.weight.tp_partial_grad = True
+        self.dropout = embed.dropout
+        self.group, self.sequence_parallel = group, sequence_parallel
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.pos.weight.shape[0]:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the position table "
+                             f"({self.pos.weight.shape[0]}); use shorter sequences or a larger model.seq_len")
+        local = ids - self.vocab_start
+        outside = (local < 0) | (local >= self.per_rank)
+        partial = F.embedding(local.masked_fill(outside, 0), self.tok.weight)
+        partial = partial.masked_fill(outside.unsqueeze(-1), 0.0)
+        seq = ids.shape[1]
+        if self.sequence_parallel:
+            tokens = comm.reduce_scatter_to_sp(partial, self.group)
+            shard = seq // self.group.size
+            positions = self.pos.weight[self.group.rank * shard:(self.group.rank + 1) * shard]
+        else:
+            tokens = comm.reduce_from_tp(partial, self.group)
+            positions = self.pos.weight[:seq]
+        return self.dropout(tokens + positions)
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Mean token cross-entropy from vocabulary-sharded logits: only [tokens]-sized max / sum / target-logit vectors
+    cross the TP group, never the logits."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, group: Group):
+        logits = logits.float()
+        local_max = logits.max(dim=-1).values
+        global_max = comm.all_reduce(local_max.clone(), group, "ce_max", dist.ReduceOp.MAX)
+        shifted = logits - global_max.unsqueeze(-1)
+        local = labels - vocab_start
+        in_range = (local >= 0) & (local < logits.shape[-1])
+        target = shifted.gather(-1, local.clamp(0, logits.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+        target = torch.where(in_range, target, torch.zeros_like(target))
+        exp = shifted.exp()
+        sum_exp = exp.sum(dim=-1)
+        stats = torch.stack([target, sum_exp])
+        stats = comm.all_reduce(stats, group, "ce_stats")
+        target, sum_exp = stats[0], stats[1]
+        loss = sum_exp.log() - target
+        softmax = exp / sum_exp.unsqueeze(-1)
+        ctx.save_for_backward(softmax, local.clamp(0, logits.shape[-1] - 1), in_range)
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        softmax, local, in_range = ctx.saved_tensors
+        g = softmax.clone()
+        g.scatter_add_(-1, local.unsqueeze(-1), -in_range.to(g.dtype).unsqueeze(-1))
+        g *= grad / local.numel()
+        return g, None, None, None
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int,
+                                 group: Group) -> torch.Tensor:
+    return _VocabParallelCrossEntropy.apply(logits, labels, vocab_start, group)
+
+
+class VocabParallelLMHead(LMHead):
+    def __init__(self, head: LMHead, group: Group, sequence_parallel: bool, padded_vocab: int):
+        nn.Module.__init__(self)
+        self.vocab_size = head.vocab_size
+        self.group, self.sequence_parallel = group, sequence_parallel
+        if head.weight is not None:
+            rows, dim = head.weight.shape
+            self.weight = _sharded_param((rows // group.size, dim), head.weight, ShardInfo(0, group.rank, group.size))
+        else:
+            self.weight = None
+        self.per_rank = padded_vocab // group.size
+        self.vocab_start = group.rank * self.per_rank
+
+    def _local_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        hidden = comm.gather_from_sp(hidden, self.group) if self.sequence_parallel else comm.copy_to_tp(hidden,
+                                                                                                          self.group)
+        return masked_padded_logits(F.linear(hidden, weight), self.vocab_start, self.vocab_size)
+
+    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Full logits (gathered: for inference and interop only; training never calls this)."""
+        local = self._local_logits(hidden, weight)
+        if self.group.size == 1:
+            return local
+        parts = [torch.empty_like(local) for _ in range(self.group.size)]
+        dist.all_gather(parts, local.contiguous(), group=self.group.pg)
+        return torch.cat(parts, dim=-1)
+
+    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return vocab_parallel_cross_entropy(self._local_logits(hidden, weight), labels, self.vocab_start, self.group)
+
+
+# module-name pattern -> how to shard it
+PLAN = {
+    "blocks.*.attn.qkv": "column",
+    "blocks.*.attn.proj": "row",
+    "blocks.*.mlp.fc1": "column",
+    "blocks.*.mlp.fc2": "row",
+    "embed": "vocab_embedding",
+    "head": "vocab_head",
+}
+
+
+def apply_tensor_parallel(stage: GPTStage, group: Group, sequence_parallel: bool, rng_context: StreamContext) -> None:
+    """Swap the stage's layers for their sharded versions (asserting every target exists) and route dropout to the
+    right random stream. Runs on the meta-device model, before weights are materialised."""
+    expected = {"blocks.*.attn.qkv": len(stage.blocks), "blocks.*.attn.proj": len(stage.blocks),
+                "blocks.*.mlp.fc1": len(stage.blocks), "blocks.*.mlp.fc2": len(stage.blocks),
+                "embed": int(stage.first), "head": int(stage.last)}
+    found = {pattern: 0 for pattern in PLAN}
+    for name, module in list(stage.named_modules()):
+        for pattern, kind in PLAN.items():
+            if not fnmatch.fnmatchcase(name, pattern) or module is None:
+                continue
+            found[pattern] += 1
+            parent_name, _, attr = name.rpartition(".")
+            parent = stage.get_submodule(parent_name) if parent_name else stage
+            if kind == "column":
+                new = ColumnParallelLinear(module, group, sequence_parallel)
+            elif kind == "row":
+                new = RowParallelLinear(module, group, sequence_parallel)
+            elif kind == "vocab_embedding":
+                new = VocabParallelEmbedding(module, group, sequence_parallel)
+            else:
+                new = VocabParallelLMHead(module, group, sequence_parallel, stage.cfg.padded_vocab_size)
+            setattr(parent, attr, new)
+    missing = {p: (found[p], expected[p]) for p in PLAN if found[p] != expected[p]}
+    assert not missing, f"tensor-parallel plan targets not found as expected (found, expected): {missing}"
+
+    for block in stage.blocks.values():
+        heads = block.attn.layout
+        if heads is not None and group.size > 1:
+            per_rank = heads.shape[0] // group.size
+            block.attn.layout = heads[group.rank * per_rank:(group.rank + 1) * per_rank].contiguous()
+        # Attention probabilities are split by head: distinct masks per TP rank.
+        block.attn.attn_dropout.rng_context = rng_context
+        if sequence_parallel:
+            for p in (*block.ln1.parameters(), *block.ln2.parameters()):
+                p.tp_partial_grad = True
+    if sequence_parallel:
+        # The residual stream is sharded by sequence: its dropout masks must differ per TP rank.
+        for module in stage.modules():
+            if isinstance(module, Dropout) and module.rng_context is None:
+                module.rng_context = rng_context
+        if stage.final_ln is not None:
+            for p in stage.final_ln.parameters():
+                p.tp_partial_grad = True

@@ -1,0 +1,202 @@
+"""Hardware specs the planner models: A100 / H100 nodes (datasheet numbers) and this machine's CPU (measured).
+
+Every number is a named field with its source. Achievable fractions (how much of a datasheet peak real kernels reach)
+are documented constants, the same for every model size and layout: the planner is never fitted per configuration.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+
+GiB = 1024 ** 3
+GB = 1e9
+
+# --- achievable fractions (one value for all GPUs; see README "Performance model") ----------------------------------
+NCCL_NVLINK_BUS_EFFICIENCY = 0.80
+"""nccl-tests all-reduce bus bandwidth on a DGX A100 / H100 reaches ~80% of the unidirectional NVLink rate."""
+NCCL_IB_BUS_EFFICIENCY = 0.90
+"""nccl-tests inter-node bus bandwidth with one HCA per GPU reaches ~90% of the InfiniBand line rate."""
+HBM_EFFICIENCY = 0.80
+"""Fused elementwise kernels (LayerNorm, softmax, bias-GELU, dropout-add) stream at ~80% of the HBM datasheet rate."""
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One accelerator and its links, as the planner sees it."""
+
+    name: str
+    peak_tflops_bf16: float
+    """dense bf16/fp16 tensor-core peak (TFLOP/s); for the CPU spec: the measured fp32 GEMM rate"""
+    memory_bytes: int
+    """device memory capacity"""
+    hbm_GBps: float
+    """device memory bandwidth (GB/s), bounds elementwise kernels and the optimizer step"""
+    nvlink_GBps: float
+    """NVLink bandwidth per GPU, both directions summed (datasheet convention): 600 GB/s A100, 900 GB/s H100"""
+    ib_Gbps: float
+    """InfiniBand line rate per GPU (one HCA per GPU), one direction: HDR 200 Gb/s, NDR 400 Gb/s"""
+    nvlink_latency_s: float
+    """per-step latency of an NCCL ring step inside a node"""
+    ib_latency_s: float
+    """per-step latency of an NCCL ring step / point-to-point message between nodes"""
+    num_sms: int
+    """streaming multiprocessors (GEMM tiles run in waves of num_sms); for the CPU: cores"""
+    gemm_efficiency_max: float
+    """fraction of peak a large, well-shaped GEMM sustains (cuBLAS); the curve in efficiency.py scales it down"""
+    kernel_launch_s: float
+    """fixed cost of one kernel launch (added per GEMM / elementwise kernel)"""
+    gemm_tile_m: int = 256
+    """output-tile rows of the GEMM kernel (cuBLAS's large fp16/bf16 tile on Ampere/Hopper: 256 x 128)"""
+    gemm_tile_n: int = 128
+    """output-tile columns of the GEMM kernel"""
+    gemm_k_overhead: int = 64
+    """per-tile prologue/epilogue (loading, storing the output) costs as much as this many steps along k"""
+
+    @property
+    def nvlink_bus_Bps(self) -> float:
+        """Achievable bus bandwidth of a ring collective inside a node, one direction (bytes/s)."""
+        return self.nvlink_GBps / 2 * GB * NCCL_NVLINK_BUS_EFFICIENCY
+
+    @property
+    def ib_bus_Bps(self) -> float:
+        """Achievable bus bandwidth between nodes per GPU, one direction (bytes/s)."""
+        return self.ib_Gbps / 8 * GB * NCCL_IB_BUS_EFFICIENCY
+
+    @property
+    def hbm_Bps(self) -> float:
+        return self.hbm_GBps * GB * HBM_EFFICIENCY
+
+    @property
+    def peak_flops(self) -> float:
+        return self.peak_tflops_bf16 * 1e12
+
+
+A100_BF16_TFLOPS = 312.0
+"""A100 SXM dense bf16/fp16 tensor-core peak (NVIDIA A100 datasheet)."""
+H100_BF16_TFLOPS = 989.0
+"""H100 SXM dense bf16 tensor-core peak (NVIDIA H100 datasheet, without sparsity)."""
+A100_SMS = 108
+H100_SMS = 132
+A100_NVLINK_GBPS = 600.0
+"""NVLink 3 (12 links x 50 GB/s, both directions)."""
+H100_NVLINK_GBPS = 900.0
+"""NVLink 4 (18 links x 50 GB/s, both directions)."""
+HDR_IB_GBPS = 200.0
+"""HDR InfiniBand, one 200 Gb/s HCA per GPU (DGX A100 / Selene)."""
+NDR_IB_GBPS = 400.0
+"""NDR InfiniBand, one 400 Gb/s HCA per GPU (DGX H100)."""
+A100_80GB_HBM_GBPS = 2039.0
+A100_40GB_HBM_GBPS = 1555.0
+H100_HBM_GBPS = 3350.0
+NVLINK_LATENCY_S = 5e-6
+"""NCCL intra-node ring step latency (nccl-tests small-message all-reduce ~10-20 us over a few steps)."""
+IB_LATENCY_S = 10e-6
+"""NCCL inter-node step latency over InfiniBand (RDMA ~2-5 us plus NCCL protocol overhead)."""
+A100_GEMM_EFFICIENCY_MAX = 0.859
+"""Maximum achievable bf16 matmul rate of an A100 SXM: 267.9 of 312 TFLOP/s (85.9%; S. Bekman, ml-engineering,
+"Maximum Achievable Matmul FLOPS comparison table", mamf-finder.py, CUDA 12.1)."""
+H100_GEMM_EFFICIENCY_MAX = 0.801
+"""Maximum achievable bf16 matmul rate of an H100 SXM: 792.1 of 989 TFLOP/s (80.1%; same source)."""
+GPU_KERNEL_LAUNCH_S = 4e-6
+"""CUDA kernel launch + scheduling gap between dependent kernels."""
+
+GPUS: dict[str, GPUSpec] = {
+    "a100-80gb": GPUSpec("a100-80gb", A100_BF16_TFLOPS, 80 * GiB, A100_80GB_HBM_GBPS, A100_NVLINK_GBPS, HDR_IB_GBPS,
+                         NVLINK_LATENCY_S, IB_LATENCY_S, A100_SMS, A100_GEMM_EFFICIENCY_MAX, GPU_KERNEL_LAUNCH_S),
+    "a100-40gb": GPUSpec("a100-40gb", A100_BF16_TFLOPS, 40 * GiB, A100_40GB_HBM_GBPS, A100_NVLINK_GBPS, HDR_IB_GBPS,
+                         NVLINK_LATENCY_S, IB_LATENCY_S, A100_SMS, A100_GEMM_EFFICIENCY_MAX, GPU_KERNEL_LAUNCH_S),
+    "h100-80gb": GPUSpec("h100-80gb", H100_BF16_TFLOPS, 80 * GiB, H100_HBM_GBPS, H100_NVLINK_GBPS, NDR_IB_GBPS,
+                         NVLINK_LATENCY_S, IB_LATENCY_S, H100_SMS, H100_GEMM_EFFICIENCY_MAX, GPU_KERNEL_LAUNCH_S),
+}
+
+
+def get_gpu(name: str) -> GPUSpec:
+    """The spec of GPU `name`; a ValueError listing the known names otherwise."""
+    if name not in GPUS:
+        raise ValueError(f"unknown GPU {name!r}; known GPUs: {', '.join(GPUS)} (or measure_cpu_spec() for this CPU)")
+    return GPUS[name]
+
+
+# --- this machine ----------------------------------------------------------------------------------------------------
+CPU_GEMM_SIZE = 512
+"""Square fp32 GEMM used to measure the CPU's GEMM rate (large enough to be compute-bound, fast to run)."""
+CPU_COPY_BYTES = 64 * 1024 * 1024
+"""Buffer copied to measure memory bandwidth (well above the last-level cache)."""
+CPU_MEASURE_REPEATS = 5
+"""Timed repetitions; the best one is kept (the least disturbed by other processes)."""
+GLOO_LOOPBACK_FRACTION = 0.25
+"""gloo moves tensors between local processes through TCP loopback: ~1/4 of a memcpy (read, kernel copy, write)."""
+GLOO_LATENCY_S = 50e-6
+"""Per-message latency of gloo over localhost TCP."""
+CPU_OP_OVERHEAD_S = 10e-6
+"""Fixed PyTorch eager dispatch cost of one CPU operator."""
+CPU_GEMM_TILE = 16
+"""Register/cache block of the CPU BLAS micro-kernel (oneDNN/MKL block a few x 16 floats)."""
+CPU_GEMM_K_OVERHEAD = 32
+"""Packing cost of a CPU GEMM block, in k-steps."""
+
+
+def _best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: allocations, thread pool start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_cpu_spec(threads: int | None = None) -> GPUSpec:
+    """A GPUSpec for this CPU from a measured fp32 GEMM rate and copy bandwidth (takes ~0.1-0.5 s).
+
+    The "GPU" is one process using `threads` cores (default: torch's current setting); intra-node collectives are gloo
+    over loopback (a fraction of the copy bandwidth), and there is no second node (ib = the same loopback)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        n = CPU_GEMM_SIZE
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        gemm_s = _best_time(lambda: torch.mm(a, b), CPU_MEASURE_REPEATS)
+        src = torch.empty(CPU_COPY_BYTES // 4)
+        dst = torch.empty_like(src)
+        src.fill_(1.0)
+        copy_s = _best_time(lambda: dst.copy_(src), CPU_MEASURE_REPEATS)
+        cores = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+    gemm_tflops = 2.0 * n ** 3 / gemm_s / 1e12
+    copy_GBps = 2.0 * CPU_COPY_BYTES / copy_s / GB  # read + write
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    link_GBps = copy_GBps * GLOO_LOOPBACK_FRACTION
+    return GPUSpec(
+        name="cpu",
+        peak_tflops_bf16=gemm_tflops,
+        memory_bytes=int(ram),
+        hbm_GBps=copy_GBps / HBM_EFFICIENCY,  # measured = achievable; hbm_Bps applies HBM_EFFICIENCY back
+        nvlink_GBps=2 * link_GBps / NCCL_NVLINK_BUS_EFFICIENCY,
+        ib_Gbps=8 * link_GBps / NCCL_IB_BUS_EFFICIENCY,
+        nvlink_latency_s=GLOO_LATENCY_S,
+        ib_latency_s=GLOO_LATENCY_S,
+        num_sms=cores,
+        gemm_efficiency_max=1.0 / _cpu_shape_factor(n),  # the curve reproduces the measured rate at n^3
+        kernel_launch_s=CPU_OP_OVERHEAD_S,
+        gemm_tile_m=CPU_GEMM_TILE,
+        gemm_tile_n=CPU_GEMM_TILE,
+        gemm_k_overhead=CPU_GEMM_K_OVERHEAD,
+    )
+
+
+def _cpu_shape_factor(n: int) -> float:
+    """The efficiency curve's shape factor at the measured square GEMM (one core count's worth of tiles)."""
+    from .efficiency import shape_efficiency
+    return shape_efficiency(n, n, n, 1, num_sms=1, tile_m=CPU_GEMM_TILE, tile_n=CPU_GEMM_TILE,
+                            k_overhead=CPU_GEMM_K_OVERHEAD)
+
+
+def with_overrides(spec: GPUSpec, **changes) -> GPUSpec:
+    """A copy of `spec` with some fields changed (e.g. a cluster with a different interconnect)."""
+    return replace(spec, **changes)

@@ -1,0 +1,100 @@
+"""One candidate parallel layout and the divisibility rules it must satisfy."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+from gpt3d.config.model import ModelConfig
+
+RECOMPUTE_MODES = ("none", "selective", "full")
+SCHEDULES = ("1f1b", "gpipe")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A parallel layout: degrees, micro-batch and the memory-saving switches."""
+
+    tp: int
+    pp: int
+    dp: int
+    vp: int = 1
+    micro_batch: int = 1
+    sequence_parallel: bool = False
+    recompute: str = "none"
+    distributed_optimizer: bool = False
+    schedule: str = "1f1b"
+
+    def __post_init__(self):
+        for name in ("tp", "pp", "dp", "vp", "micro_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"layout {name} must be >= 1, got {getattr(self, name)}")
+        if self.recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {self.recompute!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def num_microbatches(self, global_batch: int) -> int:
+        """Micro-batches per data-parallel rank per step (global_batch must divide; see `divisibility_problems`)."""
+        return global_batch // (self.micro_batch * self.dp)
+
+    def label(self) -> str:
+        """Compact text, e.g. 'tp8 pp16 dp8 vp2 mb1 sp rc=selective dopt'."""
+        parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}", f"vp{self.vp}", f"mb{self.micro_batch}"]
+        if self.sequence_parallel:
+            parts.append("sp")
+        parts.append(f"rc={self.recompute}")
+        if self.distributed_optimizer:
+            parts.append("dopt")
+        if self.schedule != "1f1b":
+            parts.append(self.schedule)
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Problem(NamedTuple):
+    """Why a layout does not divide: `kind` groups layouts in the planner's report, `message` has the numbers."""
+
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def divisibility_problems(model: ModelConfig, layout: Layout, num_gpus: int, global_batch: int,
+                          seq_len: int, check_layers: bool = True) -> list[Problem]:
+    """Every reason the layout cannot run this model on `num_gpus` GPUs (empty: it divides). `check_layers=False`
+    skips the balanced-split rule (for runs with an explicit parallel.pipeline_split)."""
+    out: list[Problem] = []
+    t, p, d, v = layout.tp, layout.pp, layout.dp, layout.vp
+    if t * p * d != num_gpus:
+        out.append(Problem("tp*pp*dp != GPUs", f"tp{t}*pp{p}*dp{d} = {t * p * d} GPUs, not the {num_gpus} given"))
+    if model.n_heads % t:
+        out.append(Problem("tp does not divide n_heads", f"tp{t} does not divide n_heads={model.n_heads}"))
+    if model.d_ff % t:
+        out.append(Problem("tp does not divide d_ff", f"tp{t} does not divide d_ff={model.d_ff}"))
+    if model.padded_vocab_size % t:
+        out.append(Problem("tp does not divide the vocabulary",
+                           f"tp{t} does not divide the padded vocabulary {model.padded_vocab_size}"))
+    if check_layers and model.n_layers % (p * v):
+        out.append(Problem("pp*vp does not divide n_layers",
+                           f"pp{p}*vp{v} = {p * v} stages do not divide n_layers={model.n_layers}"))
+    if v > 1 and p == 1:
+        out.append(Problem("vp without pp", f"vp{v} needs pp > 1"))
+    if global_batch % (layout.micro_batch * d):
+        out.append(Problem("micro_batch*dp does not divide the global batch",
+                           f"global batch {global_batch} is not a multiple of micro_batch {layout.micro_batch} * "
+                           f"dp{d} = {layout.micro_batch * d}"))
+    elif v > 1 and layout.num_microbatches(global_batch) % p:
+        out.append(Problem("interleaving needs micro-batches % pp == 0",
+                           f"interleaving (vp{v}) needs the {layout.num_microbatches(global_batch)} micro-batches "
+                           f"per step to be a multiple of pp{p}"))
+    if layout.sequence_parallel and seq_len % t:
+        out.append(Problem("tp does not divide seq_len", f"sequence parallel: tp{t} does not divide seq_len={seq_len}"))
+    return out

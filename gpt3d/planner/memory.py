@@ -1,0 +1,155 @@
+"""Memory per GPU of a layout, for the most loaded rank (the first pipeline stage), and the fit check.
+
+Bytes per parameter (mixed precision keeps bf16/fp16 weights, fp32 gradients and fp32 Adam state):
+  weights 2 + gradients 4 + optimizer 12 (fp32 master 4, Adam m 4, v 4) = 18 bytes;
+  with the distributed optimizer (ZeRO-1) the 12 optimizer bytes are sharded over dp: 6 + 12 / dp.
+  fp32 training: weights 4 + gradients 4 + optimizer 8 (m, v; the weights are the master copy) = 16, or 8 + 8 / dp.
+These are Megatron-LM's numbers (docs/distrib_optimizer: "bf16 param, fp32 grads: 18 -> 6 + 12/d").
+
+Activations: activations.py (Korthikanti et al. 2022) times the layer-activation sets alive on the first stage
+(schedule.py); communication buffers: see `comm_buffer_bytes`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from gpt3d.config.model import ModelConfig
+
+from .activations import embedding_activation_bytes, head_activation_bytes, layer_activation_bytes
+from .hardware import GiB, GPUSpec
+from .schedule import first_stage_layer_activations, first_stage_microbatches_in_flight
+from .sparsity import materialized_score_fraction
+
+WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+"""Bytes of one model weight as the forward uses it."""
+GRAD_BYTES = {"bf16": 4, "fp16": 4, "fp32": 4}
+"""Gradients accumulate (across micro-batches) and reduce in fp32."""
+OPTIMIZER_BYTES = {"bf16": 12, "fp16": 12, "fp32": 8}
+"""fp32 master weights (mixed precision only) + Adam first and second moments."""
+ACTIVATION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+"""Element size of saved activations."""
+NCCL_COMMUNICATOR_BYTES = 128 * 1024 ** 2
+"""NCCL buffers per communicator a rank belongs to: NCCL_BUFFSIZE 4 MiB x 2 directions x up to 16 channels."""
+USABLE_MEMORY_FRACTION = 0.92
+"""Share of device memory tensors can use: the CUDA context (~0.5-1 GiB) and caching-allocator fragmentation take
+the rest (PyTorch typically reserves 5-10% more than it allocates)."""
+
+
+class LayoutError(ValueError):
+    """The layout does not divide the GPUs/model/batch, or does not fit in memory. The message has the numbers."""
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes on the most loaded GPU (first pipeline stage)."""
+
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+    comm_buffers: float
+    total: float = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "total",
+                           self.params + self.grads + self.optimizer + self.activations + self.comm_buffers)
+
+    def gib(self) -> dict[str, float]:
+        return {k: v / GiB for k, v in asdict(self).items()}
+
+    def describe(self) -> str:
+        g = self.gib()
+        return (f"{g['total']:.1f} GiB per GPU (params {g['params']:.1f}, grads {g['grads']:.1f}, optimizer "
+                f"{g['optimizer']:.1f}, activations {g['activations']:.1f}, comm buffers {g['comm_buffers']:.1f})")
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in WEIGHT_BYTES:
+        raise ValueError(f"dtype must be one of {list(WEIGHT_BYTES)}, got {dtype!r}")
+
+
+def layer_parameter_split(model: ModelConfig) -> tuple[int, int]:
+    """(TP-sharded, replicated) parameters of one layer: the GEMM weights and column biases shard; LayerNorms and
+    the row-parallel output biases are replicated on every TP rank."""
+    d, a, f = model.d_model, model.attn_width, model.d_ff
+    sharded = d * 3 * a + 3 * a + a * d + d * f + f + f * d
+    replicated = 2 * 2 * d + d + d
+    return sharded, replicated
+
+
+def first_stage_parameters(model: ModelConfig, tp: int, pp: int) -> float:
+    """Parameters held by one rank of the first pipeline stage (its layers + embeddings; + head when pp == 1)."""
+    sharded, replicated = layer_parameter_split(model)
+    layers = model.n_layers / pp * (sharded / tp + replicated)
+    embeddings = model.padded_vocab_size * model.d_model / tp + model.seq_len * model.d_model
+    params = layers + embeddings
+    if pp == 1:
+        params += 2 * model.d_model  # final LayerNorm
+        if not model.tie_embeddings:
+            params += model.padded_vocab_size * model.d_model / tp
+    return params
+
+
+def last_stage_parameters(model: ModelConfig, tp: int, pp: int) -> float:
+    """Parameters of one rank of the last stage (layers, final LayerNorm, head or its tied embedding copy)."""
+    if pp == 1:
+        return first_stage_parameters(model, tp, pp)
+    sharded, replicated = layer_parameter_split(model)
+    return (model.n_layers / pp * (sharded / tp + replicated) + 2 * model.d_model
+            + model.padded_vocab_size * model.d_model / tp)
+
+
+def comm_buffer_bytes(model: ModelConfig, tp: int, pp: int, dp: int, micro_batch: int, seq_len: int,
+                      sequence_parallel: bool, act_bytes: int) -> float:
+    """Sequence-parallel all-gather buffer (the full-sequence layer input), pipeline send/recv buffers (forward
+    activation + backward gradient, sharded over TP by the scatter/gather optimisation), NCCL communicators."""
+    sbh = seq_len * micro_batch * model.d_model * act_bytes
+    total = 0.0
+    if tp > 1 and sequence_parallel:
+        total += sbh
+    if pp > 1:
+        total += 2 * sbh / tp
+    communicators = sum(1 for size in (tp, pp, dp) if size > 1)
+    return total + communicators * NCCL_COMMUNICATOR_BYTES
+
+
+def estimate_memory(model: ModelConfig, tp: int, pp: int, dp: int, vp: int, micro_batch: int, seq_len: int,
+                    num_microbatches: int, sequence_parallel: bool, recompute: str, distributed_optimizer: bool,
+                    dtype: str = "bf16", schedule: str = "1f1b") -> MemoryBreakdown:
+    """Memory of the most loaded rank (first pipeline stage) of this layout, in bytes."""
+    _check_dtype(dtype)
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("vp", vp), ("micro_batch", micro_batch),
+                        ("seq_len", seq_len), ("num_microbatches", num_microbatches)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    sequence_parallel = sequence_parallel and tp > 1
+    params = first_stage_parameters(model, tp, pp)
+    optimizer_shards = dp if distributed_optimizer else 1
+    act_bytes = ACTIVATION_BYTES[dtype]
+    density = materialized_score_fraction(model, seq_len)
+    per_layer = layer_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel, recompute, act_bytes,
+                                       density)
+    layer_sets = first_stage_layer_activations(model.n_layers, pp, vp, num_microbatches, schedule)
+    in_flight = first_stage_microbatches_in_flight(pp, vp, num_microbatches, schedule)
+    activations = per_layer * layer_sets
+    activations += in_flight * embedding_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel)
+    if pp == 1:
+        activations += head_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel, act_bytes)
+    return MemoryBreakdown(
+        params=params * WEIGHT_BYTES[dtype],
+        grads=params * GRAD_BYTES[dtype],
+        optimizer=params * OPTIMIZER_BYTES[dtype] / optimizer_shards,
+        activations=activations,
+        comm_buffers=comm_buffer_bytes(model, tp, pp, dp, micro_batch, seq_len, sequence_parallel, act_bytes),
+    )
+
+
+def usable_bytes(gpu: GPUSpec) -> float:
+    return gpu.memory_bytes * USABLE_MEMORY_FRACTION
+
+
+def check_fits(run, gpu: str, num_gpus: int) -> MemoryBreakdown:
+    """Memory of `run`'s layout on `num_gpus` GPUs of type `gpu`; LayoutError (with the numbers and what would fit)
+    when the layout does not divide or does not fit. Called before submitting a job."""
+    from .fit_advice import check_run_fits
+    return check_run_fits(run, gpu, num_gpus)

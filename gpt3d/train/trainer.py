@@ -1,0 +1,123 @@
+"""One rank's share of training: model chunks, gradient sync, optimizer, and the step that runs the schedule."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gpt3d.config.run import RunConfig
+from gpt3d.parallel.build import build_model_chunks
+from gpt3d.parallel.data_parallel import GradSynchronizer
+from gpt3d.parallel.optimizer import DynamicLossScaler, ShardedAdamW, lr_at
+from gpt3d.parallel.pipeline.p2p import P2PShape
+from gpt3d.parallel.pipeline.runner import StageRunner
+from gpt3d.parallel.pipeline.schedules import SCHEDULES
+from gpt3d.parallel.random import seed_everything
+
+from .runtime import Runtime
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    lr: float
+    applied: bool
+    seconds: float
+    busy_s: float
+    comm_bytes: dict
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, runtime: Runtime):
+        self.cfg, self.rt, self.ctx = cfg, runtime, runtime.ctx
+        self.tracker = seed_everything(cfg.train.seed, self.ctx.tp_rank, self.ctx.pp_rank, self.ctx.device)
+        self.chunks = build_model_chunks(cfg.model, cfg.parallel, self.ctx, cfg.train.seed, self.tracker)
+        self.sync = GradSynchronizer(self.ctx, self.chunks, cfg.parallel.bucket_mb, cfg.parallel.overlap_grad_reduce,
+                                     cfg.parallel.distributed_optimizer)
+        self.optimizer = ShardedAdamW(self.ctx, self.sync, cfg.optim)
+        self.scaler = DynamicLossScaler(cfg.optim.initial_loss_scale, cfg.optim.loss_scale_window,
+                                        enabled=cfg.train.dtype == "fp16")
+        self.step_index = 0
+        self.schedule = "interleaved" if cfg.parallel.vp > 1 else cfg.parallel.schedule
+        self.last_runner: StageRunner | None = None
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def autocast(self):
+        dtype = self.cfg.train.dtype
+        if dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+    def p2p_shape(self, micro_batch: int, seq_len: int) -> P2PShape:
+        tp = self.ctx.layout.tp
+        local_seq = seq_len // tp if self.cfg.parallel.sequence_parallel else seq_len
+        return P2PShape((micro_batch, local_seq, self.cfg.model.d_model), torch.float32)
+
+    def micro_batches(self, samples: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """This DP rank's slice of the global batch [G, s+1], cut into micro-batches of (inputs, labels)."""
+        per_dp = samples.shape[0] // self.ctx.layout.dp
+        mine = samples[self.ctx.dp_rank * per_dp:(self.ctx.dp_rank + 1) * per_dp]
+        tokens = torch.from_numpy(np.ascontiguousarray(mine, dtype=np.int64)).to(self.ctx.device)
+        mb = self.cfg.train.micro_batch_size
+        inputs = [tokens[i:i + mb, :-1] for i in range(0, per_dp, mb)]
+        labels = [tokens[i:i + mb, 1:] for i in range(0, per_dp, mb)]
+        return inputs, labels
+
+    def mean_loss(self, losses: list[torch.Tensor], count: int) -> float:
+        """Mean of the micro-batch losses over the whole global batch, known on every rank."""
+        total = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+        if losses and self.ctx.tp_rank == 0:
+            total += torch.stack([l.double() for l in losses]).sum()
+        if self.ctx.world_group.size > 1:
+            dist.all_reduce(total, group=self.ctx.world_group.pg)
+        return total.item() / count
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def train_step(self, samples: np.ndarray) -> StepResult:
+        start = time.perf_counter()
+        for chunk in self.chunks:
+            chunk.train()
+        self.ctx.reset_comm_bytes()
+        inputs, labels = self.micro_batches(samples)
+        runner = StageRunner(self.ctx, self.chunks, inputs, labels, self.p2p_shape(inputs[0].shape[0],
+                                                                                  inputs[0].shape[1]),
+                             self.sync.enable_sync, self.autocast, self.scaler.scale)
+        self.sync.zero_grad()
+        SCHEDULES[self.schedule](runner)
+        self.ctx.schedule_step = "gradient reduction"
+        self.sync.finish()
+        lr = lr_at(self.step_index, self.cfg.optim, self.cfg.train.steps)
+        self.ctx.schedule_step = "optimizer step"
+        norm, applied = self.optimizer.step(lr, self.scaler.scale)
+        self.scaler.update(applied)
+        loss = self.mean_loss(runner.losses, len(inputs) * self.ctx.layout.dp)
+        self.step_index += 1
+        self.last_runner = runner
+        return StepResult(loss, norm, lr, applied, time.perf_counter() - start, runner.busy_s,
+                          self.ctx.comm_bytes())
+
+    @torch.no_grad()
+    def eval_loss(self, samples: np.ndarray) -> float:
+        """Forward-only pass over one global batch (pipeline: forward schedule, no backward)."""
+        from gpt3d.parallel.pipeline import p2p
+        for chunk in self.chunks:
+            chunk.eval()
+        inputs, labels = self.micro_batches(samples)
+        runner = StageRunner(self.ctx, self.chunks, inputs, labels,
+                             self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), lambda c: None, self.autocast)
+        ctx, spec = self.ctx, runner.spec
+        for mb in range(len(inputs)):
+            for c in range(len(self.chunks)):
+                received = None
+                if not runner.is_first_virtual(c):
+                    received = p2p.exchange(ctx, spec, recv_prev=True)[0]
+                out = runner.forward(c, mb, received)
+                runner.saved.clear()
+                if out is not None:
+                    p2p.exchange(ctx, spec, send_next=out)
+        return self.mean_loss(runner.losses, len(inputs) * self.ctx.layout.dp)

@@ -74,8 +74,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-    const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& col_ptr, const at::Tensor& row_idx,
-    int64_t block, double scale) {
+    const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& /*row_ptr*/, const at::Tensor& /*col_idx*/,
+    const at::Tensor& col_ptr, const at::Tensor& row_idx, int64_t block, double scale) {
+  // The CPU backward walks key-block columns only (CSC); the row form is for the CUDA dQ kernel.
   check_qkv(q_in, k_in, v_in, block);
   TORCH_CHECK(dout_in.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(),
               "sparse attention backward: grad_out and out must have q's shape ", q_in.sizes());
@@ -109,7 +110,7 @@ TORCH_LIBRARY_FRAGMENT(gpt3d_C, m) {
   m.def("sparse_attention_forward(Tensor q, Tensor k, Tensor v, Tensor row_ptr, Tensor col_idx, int block, "
         "float scale) -> (Tensor out, Tensor lse)");
   m.def("sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor col_ptr, Tensor row_idx, int block, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+        "Tensor row_ptr, Tensor col_idx, Tensor col_ptr, Tensor row_idx, int block, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
   m.def("sparse_attention_cpu_isa() -> str", &gpt3d_sparse::isa_name);
 }
 

@@ -153,28 +153,30 @@ def _(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale):
 
 @torch.library.custom_op("gpt3d::block_sparse_attention_backward", mutates_args=())
 def _fused_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                    lse: torch.Tensor, col_ptr: torch.Tensor, row_idx: torch.Tensor, block: int, scale: float
+                    lse: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, col_ptr: torch.Tensor,
+                    row_idx: torch.Tensor, block: int, scale: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.ops.gpt3d_C.sparse_attention_backward(grad_out, q, k, v, out, lse, col_ptr, row_idx, block, scale)
+    return torch.ops.gpt3d_C.sparse_attention_backward(grad_out, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx,
+                                                       block, scale)
 
 
 @_fused_backward.register_fake
-def _(grad_out, q, k, v, out, lse, col_ptr, row_idx, block, scale):
+def _(grad_out, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx, block, scale):
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, _row_ptr, _col_idx, col_ptr, row_idx, block, scale = inputs
+    q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, col_ptr, row_idx)
+    ctx.save_for_backward(q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx)
     ctx.block, ctx.scale = block, scale
     ctx.set_materialize_grads(True)
 
 
 def _backward(ctx, grad_out, _grad_lse):
     # lse is an auxiliary output for the backward only; block_sparse_attention never returns it, so its grad is unused.
-    q, k, v, out, lse, col_ptr, row_idx = ctx.saved_tensors
-    dq, dk, dv = _fused_backward(grad_out, q, k, v, out, lse, col_ptr, row_idx, ctx.block, ctx.scale)
+    q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx = ctx.saved_tensors
+    dq, dk, dv = _fused_backward(grad_out, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx, ctx.block, ctx.scale)
     return dq, dk, dv, None, None, None, None, None, None
 
 

@@ -11,7 +11,8 @@
    SLURM_NTASKS_PER_NODE or SLURM_TASKS_PER_NODE). Master: MASTER_ADDR if the batch script exported it, else the NodeAddr
    of the first host of the node list (`scontrol show hostnames` + `scontrol show node`); port: MASTER_PORT, else derived
    from the job id exactly as launchers/slurm/train.sbatch does, so every task computes the same one.
-Anything else (a plain `python -m gpt3d train`, or gpt3d's own local spawner, which passes ranks explicitly) -> None.
+Anything else -> None: a plain `python -m gpt3d train`, or a rank of gpt3d's own local spawner (GPT3D_SPAWNED=1, which
+passes ranks explicitly).
 A batch shell that is not an srun task (SLURM_JOB_ID set, SLURM_STEP_ID not) is also None: it is one process.
 """
 from __future__ import annotations
@@ -74,6 +75,8 @@ def discover_launch(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
     Under Open MPI without MASTER_ADDR/MASTER_PORT this is a collective (an mpi4py broadcast): call it on every rank.
     """
     env = os.environ if environ is None else environ
+    if env.get("GPT3D_SPAWNED") == "1":  # gpt3d's local spawner (gpt3d/launch/spawn.py) hands ranks over explicitly
+        return None
     if "RANK" in env and "WORLD_SIZE" in env:
         return _from_torchrun(env)
     if "OMPI_COMM_WORLD_RANK" in env and "OMPI_COMM_WORLD_SIZE" in env:

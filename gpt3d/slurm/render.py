@@ -18,6 +18,21 @@ _TIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # SLURM's D-HH:MM:SS, HH:
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def time_limit_seconds(text: str) -> int:
+    """SLURM's --time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds."""
+    if not _TIME_RE.match(text):
+        raise RenderError(f"--time {text!r}: use SLURM's format, e.g. 48:00:00 or 2-00:00:00")
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:  # HH:MM:SS
+        hours, minutes, seconds = parts
+    else:  # MM or MM:SS
+        hours, (minutes, seconds) = 0, (parts + [0])[:2]
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 class _SbatchTemplate(string.Template):
     """Only `@{name}` is a field: a bash script is full of `$`, and `@` alone ("$@", "${a[@]}") stays literal."""
     delimiter = "@"
@@ -65,8 +80,11 @@ class JobSpec:
             raise RenderError(f"--cpus-per-task must be >= 1, got {self.cpus_per_task}")
         if self.signal_seconds < 0:
             raise RenderError(f"--signal-seconds must be >= 0, got {self.signal_seconds}")
-        if self.time is not None and not _TIME_RE.match(self.time):
-            raise RenderError(f"--time {self.time!r}: use SLURM's format, e.g. 48:00:00 or 2-00:00:00")
+        if self.time is not None:
+            limit = time_limit_seconds(self.time)
+            if limit <= self.signal_seconds:
+                raise RenderError(f"--time {self.time} ({limit} s) leaves no training time before the stop signal "
+                                  f"{self.signal_seconds} s before the end; raise --time or lower --signal-seconds")
         for name, value in (("partition", self.partition), ("account", self.account), ("qos", self.qos),
                             ("constraint", self.constraint)):
             if value is not None and (not value or any(c in value for c in "\n\r")):

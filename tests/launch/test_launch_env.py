@@ -27,6 +27,9 @@ def test_not_under_a_launcher():
     assert discover_launch({"PATH": "/usr/bin"}) is None
     # The batch shell of an sbatch job (no step id) is one process, not a rank.
     assert discover_launch({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}) is None
+    # A rank of gpt3d's local spawner: it gets its rank as an argument, not from a launcher.
+    assert discover_launch({"GPT3D_SPAWNED": "1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}) is None
 
 
 def test_slurm_task_environment():

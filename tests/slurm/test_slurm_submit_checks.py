@@ -85,3 +85,12 @@ def test_175b_without_model_parallelism_does_not_fit_and_is_refused_with_numbers
     assert re.search(r"needs [\d.]+ GiB per GPU \(params [\d.]+", result.err), result.err
     assert "a100-80gb has 80 GiB" in result.err and "nothing was submitted" in result.err
     assert not (tmp_path / "r").exists()
+
+
+def test_time_limit_shorter_than_the_stop_signal_lead_is_refused():
+    # SLURM would signal at once and the run would requeue forever without training a step.
+    result = gpt3d_submit(PRESET, "--nodes", "128", "--time", "4:00", "--dry-run")
+    assert result.code == 2
+    assert ("--time 4:00 (240 s) leaves no training time before the stop signal 300 s before the end" in result.err)
+    ok = gpt3d_submit(PRESET, "--nodes", "128", "--time", "4:00", "--signal-seconds", "60", "--dry-run")
+    assert ok.code == 0 and "#SBATCH --time=4:00\n" in ok.out and "#SBATCH --signal=B:USR1@60\n" in ok.out

@@ -1,0 +1,93 @@
+"""The training loop of one rank: data, steps, evaluation, metrics, hang reports."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from gpt3d.config.run import RunConfig, save_config
+from gpt3d.model.flops import megatron_model_flops
+
+from .metrics import MetricsLog, step_record
+from .runtime import init_runtime
+from .trainer import Trainer
+
+
+def dataset_sizes(cfg: RunConfig) -> dict[str, int]:
+    """Samples each split must supply: every step's global batch, and the fixed validation batches (the same ones at
+    every evaluation, so validation losses are comparable)."""
+    G = cfg.train.global_batch_size
+    valid = cfg.train.eval_iters * G if cfg.train.eval_interval else 0
+    return {"train": cfg.train.steps * G, "valid": valid, "test": 0}
+
+
+def build_data(cfg: RunConfig):
+    from gpt3d.data.gpt_dataset import build_datasets
+    return build_datasets(cfg.data, cfg.train.seq_len, cfg.train.seed, dataset_sizes(cfg), cfg.model.vocab_size,
+                          cfg.data.cache_dir)
+
+
+def global_batch(dataset, step: int, size: int) -> np.ndarray:
+    """Global batch `step` = samples [step * size, (step + 1) * size): the position to resume from is the step."""
+    return np.stack([dataset[i] for i in range(step * size, (step + 1) * size)])
+
+
+def report_failure(trainer_ctx, exc: BaseException) -> None:
+    """A collective failed or timed out: say where this rank was, so a hang is diagnosable, then exit non-zero."""
+    ops = ", ".join(f"{g.name}: {g.current_op or '-'}" for g in trainer_ctx.groups())
+    print(f"gpt3d: {trainer_ctx.coords_text()} failed during '{trainer_ctx.schedule_step or 'setup'}' "
+          f"(last operation per group: {ops}): {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def train_rank(cfg: RunConfig, run_dir: str, rank: int, world_size: int, local_rank: int,
+               local_world_size: int) -> list[dict]:
+    """Train on this rank; returns the step records (identical on every rank)."""
+    run_dir = Path(run_dir)
+    rt = init_runtime(cfg, rank, world_size, local_rank, local_world_size)
+    ctx = rt.ctx
+    try:
+        return _train(cfg, run_dir, rt)
+    except Exception as exc:  # noqa: BLE001 - report where, then exit without hanging in teardown
+        report_failure(ctx, exc)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _train(cfg: RunConfig, run_dir: Path, rt) -> list[dict]:
+    ctx = rt.ctx
+    is_logger = ctx.rank == 0
+    data = build_data(cfg)
+    trainer = Trainer(cfg, rt)
+    G, seq = cfg.train.global_batch_size, cfg.train.seq_len
+    flops = megatron_model_flops(cfg.model, G, seq)
+    log: Optional[MetricsLog] = None
+    if is_logger:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        log = MetricsLog(run_dir, cfg.train.tensorboard, cfg.train.progress, cfg.train.steps)
+    records = []
+    try:
+        for step in range(cfg.train.steps):
+            result = trainer.train_step(global_batch(data["train"], step, G))
+            record = step_record(step + 1, result.loss, result.lr, result.grad_norm, result.seconds, G * seq, flops,
+                                 ctx.layout.world_size, result.comm_bytes, result.applied,
+                                 trainer.scaler.scale if trainer.scaler.enabled else None)
+            if cfg.train.eval_interval and ((step + 1) % cfg.train.eval_interval == 0 or
+                                            step + 1 == cfg.train.steps):
+                losses = [trainer.eval_loss(global_batch(data["valid"], i, G))
+                          for i in range(cfg.train.eval_iters)]
+                record["val_loss"] = float(np.mean(losses))
+                if log is not None:
+                    log.note(f"step {step + 1}: validation loss {record['val_loss']:.4f}")
+            records.append(record)
+            if log is not None and ((step + 1) % cfg.train.log_interval == 0 or step + 1 == cfg.train.steps):
+                log.log(record)
+    finally:
+        if log is not None:
+            log.close()
+    return records

@@ -28,6 +28,10 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         "status": ("show SLURM jobs (squeue / scontrol)", *lazy("gpt3d.slurm.status", "add_status_arguments",
                                                               "run_status")),
         "cancel": ("cancel a SLURM job (scancel)", *lazy("gpt3d.slurm.cancel", "add_cancel_arguments", "run_cancel")),
+        "convert": ("convert a checkpoint to another parallel layout, or to/from Hugging Face, Megatron-LM, DeepSpeed",
+                    *lazy("gpt3d.checkpoint.convert")),
+        "inspect": ("show a checkpoint's layout, step, config and tensors, and verify its checksums",
+                    *lazy("gpt3d.checkpoint.inspect")),
         "presets": ("list the model presets with their parameter counts", *lazy("gpt3d.config.show")),
     }
 

@@ -1,4 +1,6 @@
-"""Checkpointing config."""
+"""Checkpointing config: when to save into RUN/checkpoints, how many to keep, and what to resume from.
+
+The format and the commands that read it (`gpt3d convert`, `gpt3d inspect`) are in gpt3d/checkpoint/."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,3 +19,5 @@ class CheckpointConfig:
     def __post_init__(self):
         require(self.save_interval >= 0, "checkpoint.save_interval", "must be >= 0")
         require(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+        require(isinstance(self.resume, str) and self.resume.strip() != "", "checkpoint.resume",
+                "must be auto, none, or the path of a checkpoint (RUN/checkpoints/step_N) or run directory")

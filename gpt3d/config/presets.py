@@ -31,6 +31,9 @@ def _gpt2(n_layers, d_model, n_heads):
     return {
         "model": {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "seq_len": 1024, "vocab_size": 50257,
                   "hidden_dropout": 0.1, "attn_dropout": 0.1},
+        # GPT-2 paper: batch 512 sequences of 1024 tokens; its learning rate was tuned per size and not published.
+        "optim": {"lr": 2.5e-4},
+        "train": {"global_batch_size": 512, "micro_batch_size": 1},
     }
 
 

@@ -183,12 +183,13 @@ def _backward(ctx, grad_out, _grad_lse):
 _fused_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _fused_available(device: torch.device) -> bool:
+@torch.compiler.assume_constant_result  # torch.compile runs it eagerly once instead of tracing the import machinery
+def _fused_available(device_type: str) -> bool:
     if not _ext.has_op(_OP_NAME):
         return False
-    if device.type == "cpu":
+    if device_type == "cpu":
         return True
-    return device.type == "cuda" and bool(getattr(_ext.extension(), "with_cuda", False))
+    return device_type == "cuda" and bool(getattr(_ext.extension(), "with_cuda", False))
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, block: int,
@@ -205,12 +206,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if impl == "reference":
         return block_sparse_attention_reference(q, k, v, layout, block, scale)
-    if not _fused_available(q.device):
+    if not _fused_available(q.device.type):
         _ext.warn_fallback("block_sparse_attention")
         return block_sparse_attention_reference(q, k, v, layout, block, scale)
-    compiled = compile_layout(layout, block, q.device)
-    if compiled.row_ptr.device != q.device:
-        compiled = compile_layout(compiled.layout, block, q.device)
+    compiled = layout
+    if not isinstance(compiled, CompiledLayout) or compiled.row_ptr.device != q.device:
+        compiled = compile_layout(layout if isinstance(layout, torch.Tensor) else layout.layout, block, q.device)
     out, _lse = _fused_forward(q, k, v, compiled.row_ptr, compiled.col_idx, compiled.col_ptr, compiled.row_idx,
                                block, scale)
     return out

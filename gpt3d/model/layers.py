@@ -160,7 +160,8 @@ class LMHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(cfg.padded_vocab_size, cfg.d_model)) if own_weight else None
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return masked_padded_logits(F.linear(hidden, weight), 0, self.vocab_size)
+        # Only the real vocabulary's rows: the padded rows could never be predicted anyway.
+        return F.linear(hidden, weight[: self.vocab_size])
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.logits(hidden, weight)

@@ -1,6 +1,7 @@
 """AdamW over the flat gradient buckets, optionally sharded across data parallel (the distributed optimizer).
 
-Parameters are fp32 and are their own master weights (bf16/fp16 run through autocast). Without the distributed
+Parameters are fp32 and are their own master weights (bf16/fp16 run through autocast); the update is torch's fused
+AdamW kernel over contiguous segments of the flat buffers. Without the distributed
 optimizer every rank updates whole buckets; with it each DP rank updates its shard of every bucket (holding Adam
 states only for that shard) and the shards are all-gathered. Both paths run the same per-element arithmetic, so
 they produce identical numbers.
@@ -35,13 +36,29 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 @dataclass
 class _ShardState:
+    """One bucket's (shard of) parameters with its Adam states, cut into contiguous segments: `decay` and `no_decay`
+    segments for the fused AdamW kernel, and the gradient segments this rank counts in the global norm."""
     bucket: Bucket
     param: torch.Tensor  # view of the bucket's (shard of) parameters
     grad: torch.Tensor
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
-    decay_mask: torch.Tensor  # 1.0 where weight decay applies
-    norm_mask: torch.Tensor  # 1.0 where this rank counts the element in the global norm
+    decay: list[tuple[int, int]]
+    no_decay: list[tuple[int, int]]
+    counted: list[tuple[int, int]]
+
+
+def _segments(flags: torch.Tensor) -> list[tuple[int, int]]:
+    """Maximal runs [start, end) where the 0/1 `flags` are 1."""
+    runs, start = [], None
+    values = flags.tolist()
+    for i, value in enumerate(values + [0]):
+        if value and start is None:
+            start = i
+        elif not value and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
 
 
 class ShardedAdamW:
@@ -50,62 +67,65 @@ class ShardedAdamW:
         self.step_count = 0
         self.states = [self._state_for(b) for b in sync.all_buckets()]
 
-    def _masks(self, bucket: Bucket) -> tuple[torch.Tensor, torch.Tensor]:
-        decay = torch.zeros(bucket.padded, device=bucket.grad_data.device)
-        count = torch.zeros(bucket.padded, device=bucket.grad_data.device)
+    def _flags(self, bucket: Bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per element of the bucket: is a real parameter, takes weight decay, is counted in the norm here."""
+        real = torch.zeros(bucket.padded, dtype=torch.int8)
+        decay = torch.zeros(bucket.padded, dtype=torch.int8)
+        count = torch.zeros(bucket.padded, dtype=torch.int8)
         for p, off in zip(bucket.params, bucket.offsets):
             n = p.numel()
-            if p.dim() >= 2:
-                decay[off:off + n] = 1.0
+            real[off:off + n] = 1
+            if p.dim() >= 2:  # matrices decay; biases and norms do not
+                decay[off:off + n] = 1
             replicated_over_tp = getattr(p, "shard", None) is None
             counted = not (replicated_over_tp and self.ctx.tp_rank != 0) and not getattr(p, "tied_copy", False)
-            count[off:off + n] = 1.0 if counted else 0.0
-        return decay, count
+            count[off:off + n] = int(counted)
+        return real, decay, count
 
     def _state_for(self, bucket: Bucket) -> _ShardState:
-        decay, count = self._masks(bucket)
+        real, decay, count = self._flags(bucket)
+        param, grad = bucket.param_data, bucket.grad_data
         if self.sync.distributed:
             dp = self.sync.dp
-            views = [bucket.shard(t, dp) for t in (bucket.param_data, bucket.grad_data, decay, count)]
-        else:
-            views = [bucket.param_data, bucket.grad_data, decay, count]
-            if self.ctx.dp_rank != 0:
-                views[3] = torch.zeros_like(count)  # DP replicas hold the same grads: count them once
-        param, grad, decay, count = views
-        return _ShardState(bucket, param, grad, torch.zeros_like(param), torch.zeros_like(param), decay, count)
+            param, grad, real, decay, count = (bucket.shard(t, dp) for t in (param, grad, real, decay, count))
+        elif self.ctx.dp_rank != 0:
+            count = torch.zeros_like(count)  # DP replicas hold the same grads: count them once
+        return _ShardState(bucket, param, grad, torch.zeros_like(param), torch.zeros_like(param),
+                           _segments(real * decay), _segments(real * (1 - decay)), _segments(real * count))
 
-    def grad_norm(self) -> float:
-        local = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+    def grad_norm(self, grad_scale: float = 1.0) -> float:
+        local = 0.0
         for s in self.states:
-            local += (s.grad.double() ** 2 * s.norm_mask).sum()
+            for a, b in s.counted:
+                g = s.grad[a:b]
+                local += float(torch.dot(g, g))
+        total = torch.tensor(local, dtype=torch.float64, device=self.ctx.device)
         if self.ctx.world_group.size > 1:
             self.ctx.world_group.account("all_reduce", 8)
-            dist.all_reduce(local, group=self.ctx.world_group.pg)
-        return math.sqrt(local.item())
+            dist.all_reduce(total, group=self.ctx.world_group.pg)
+        return math.sqrt(total.item()) / grad_scale
 
     @torch.no_grad()
     def step(self, lr: float, grad_scale: float = 1.0) -> tuple[float, bool]:
         """Unscale, clip, update. Returns (grad norm, whether the step was applied — False on inf/NaN grads)."""
-        if grad_scale != 1.0:
-            for s in self.states:
-                s.grad.div_(grad_scale)
-        norm = self.grad_norm()
+        norm = self.grad_norm(grad_scale)
         if not math.isfinite(norm):
             return norm, False
         clip = self.cfg.grad_clip
         coef = min(1.0, clip / (norm + 1e-6)) if clip > 0 else 1.0
         self.step_count += 1
-        b1, b2, eps, wd = self.cfg.beta1, self.cfg.beta2, self.cfg.eps, self.cfg.weight_decay
-        bc1 = 1.0 - b1 ** self.step_count
-        bc2 = 1.0 - b2 ** self.step_count
-        for s in self.states:
-            g = s.grad * coef if coef != 1.0 else s.grad
-            s.exp_avg.mul_(b1).add_(g, alpha=1.0 - b1)
-            s.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-            if wd > 0:
-                s.param.mul_(1.0 - lr * wd * s.decay_mask)
-            denom = (s.exp_avg_sq / bc2).sqrt_().add_(eps)
-            s.param.addcdiv_(s.exp_avg, denom, value=-lr / bc1)
+        # The fused kernel divides gradients by `grad_scale`: fold loss-scale removal and clipping into it.
+        divisor = torch.tensor(grad_scale / coef, dtype=torch.float32, device=self.ctx.device)
+        for weight_decay, attr in ((self.cfg.weight_decay, "decay"), (0.0, "no_decay")):
+            groups = [(s, a, b) for s in self.states for a, b in getattr(s, attr)]
+            if not groups:
+                continue
+            steps = [torch.tensor(float(self.step_count), device=self.ctx.device) for _ in groups]
+            torch._fused_adamw_([s.param[a:b] for s, a, b in groups], [s.grad[a:b] for s, a, b in groups],
+                                [s.exp_avg[a:b] for s, a, b in groups], [s.exp_avg_sq[a:b] for s, a, b in groups],
+                                [], steps, lr=lr, beta1=self.cfg.beta1, beta2=self.cfg.beta2,
+                                weight_decay=weight_decay, eps=self.cfg.eps, amsgrad=False, maximize=False,
+                                grad_scale=divisor if divisor.item() != 1.0 else None, found_inf=None)
         self.sync.gather_params()
         return norm, True
 

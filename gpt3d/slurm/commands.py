@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 # Phrases SLURM's clients print when the controller cannot be reached or no configuration is found.
 _UNREACHABLE = ("Unable to contact slurm controller", "Could not establish a configuration source",
-                "Connection refused", "Socket timed out")
+                "Connection refused", "Socket timed out", "Unable to process configuration file")
 
 
 class SlurmError(RuntimeError):

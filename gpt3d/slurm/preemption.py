@@ -11,6 +11,9 @@ How the training loop uses it (every rank):
                 requeue_job()               # scontrol requeue $SLURM_JOB_ID (False outside SLURM)
             sys.exit(0)
 
+Install the handler first thing in the rank's process, before importing torch or building the model: a SIGUSR1 that
+arrives earlier kills the process (the default action) instead of stopping it cleanly.
+
 The batch script (launchers/slurm/train.sbatch) asks SLURM for `--signal=B:USR1@<seconds>` before the time limit and
 forwards that USR1 to the srun step; SLURM's own SIGTERM (scancel, preemption, time limit) reaches every task directly.
 The requeued job runs the same script again (SLURM_RESTART_COUNT=1, 2, ...) and training resumes from the newest

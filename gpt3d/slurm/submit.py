@@ -120,7 +120,7 @@ def _first_missing_ancestor(path: Path) -> Optional[Path]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        spec, layout, cluster, memory_note = _build_spec(args)
+        spec, layout, _cluster, memory_note = _build_spec(args)
         script = render_script(spec, args.template)
     except (ConfigError, SubmitLayoutError, RenderError) as exc:
         return _fail(f"{exc}\nnothing was submitted")

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 from gpt3d.config.base import ConfigError
 from gpt3d.config.run import RunConfig, load_config
+
+CHECKPOINTS = "checkpoints"
 
 LAYOUT_FLAGS = {"tp": "parallel.tp", "pp": "parallel.pp", "dp": "parallel.dp", "vp": "parallel.vp",
                 "micro_batch": "train.micro_batch_size", "steps": "train.steps"}
@@ -24,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}", type=int, help=f"{flag} degree (same as --set {LAYOUT_FLAGS[flag]}=N)")
     parser.add_argument("--micro-batch", type=int, help="micro-batch size (train.micro_batch_size)")
     parser.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
+    parser.add_argument("--save-interval", type=int, metavar="N",
+                        help="checkpoint into RUN/checkpoints every N steps (checkpoint.save_interval)")
+    parser.add_argument("--resume", metavar="auto|none|PATH",
+                        help="auto (default): continue from the run directory's newest complete checkpoint; none: "
+                             "start fresh; PATH: a checkpoint or run directory, in any layout (checkpoint.resume)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -32,22 +41,60 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, attr, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if getattr(args, "save_interval", None) is not None:
+        cfg.checkpoint.save_interval = args.save_interval
+    if getattr(args, "resume", None) is not None:
+        cfg.checkpoint.resume = args.resume
+    cfg.checkpoint.__post_init__()
+    return cfg
 
 
 def default_run_dir(config: str) -> Path:
     return Path("runs") / Path(config).stem
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished or running run unless --overwrite; never delete anything else."""
-    existing = [name for name in ("metrics.jsonl", "config.yaml", "tensorboard") if (run_dir / name).exists()]
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume_step: Optional[int] = None) -> None:
+    """Refuse to clobber a finished or running run unless --overwrite; never delete anything else. When resuming
+    from a checkpoint at `resume_step`, the run continues: metrics past that step (from the attempt that was
+    interrupted) are dropped, the rest is kept and appended to."""
+    if resume_step is not None:
+        truncate_metrics(run_dir / "metrics.jsonl", resume_step)
+        return
+    existing = [name for name in ("metrics.jsonl", "config.yaml", "tensorboard", CHECKPOINTS)
+                if (run_dir / name).exists()]
     if existing and not overwrite:
         raise ConfigError(f"--out: run directory {run_dir} already holds {', '.join(existing)}; pass --overwrite to "
                           f"replace them or choose another --out")
     for name in existing:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step` (atomically: a crash here loses nothing)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def checkpoint_to_resume(cfg: RunConfig, run_dir: Path, overwrite: bool) -> Optional[Path]:
+    """The checkpoint this run continues from, fully checked against the config (metadata, files, checksums,
+    shapes) before any rank starts; None for a fresh start (--overwrite starts fresh unless --resume PATH)."""
+    from gpt3d.checkpoint import Checkpoint, check_compatible, resume_path
+    if overwrite and cfg.checkpoint.resume == "auto":
+        return None
+    path = resume_path(cfg.checkpoint.resume, run_dir)
+    if path is None:
+        return None
+    ckpt = Checkpoint(path)
+    check_compatible(ckpt, cfg)
+    ckpt.verify()
+    return path
 
 
 def _spawned_rank(rank: int, world_size: int, cfg: RunConfig, run_dir: str) -> None:
@@ -73,7 +120,17 @@ def run(args: argparse.Namespace) -> int:
         check_layout(cfg, world_size)
         run_dir = Path(args.out) if args.out else default_run_dir(args.config)
         if launch is None or launch.rank == 0:
-            prepare_run_dir(run_dir, args.overwrite)
+            checkpoint = checkpoint_to_resume(cfg, run_dir, args.overwrite)
+            if checkpoint is None and cfg.checkpoint.resume == "auto":
+                cfg.checkpoint.resume = "none"  # --overwrite: do not pick up the checkpoints about to be removed
+            resume_step = None
+            if checkpoint is not None:
+                from gpt3d.checkpoint import Checkpoint
+                resume_step = Checkpoint(checkpoint).step
+                cfg.checkpoint.resume = str(checkpoint)  # every rank loads exactly the checkpoint checked here
+            prepare_run_dir(run_dir, args.overwrite, resume_step)
+        elif args.overwrite and cfg.checkpoint.resume == "auto":
+            cfg.checkpoint.resume = "none"  # rank 0 removes the old checkpoints
         if launch is None:
             build_data(cfg)  # data errors surface here, before any rank starts; builds the default corpus once
     except (ConfigError, LayoutError, ValueError, FileNotFoundError) as exc:
@@ -91,5 +148,5 @@ def run(args: argparse.Namespace) -> int:
               f"dp={world_size // (cfg.parallel.tp * cfg.parallel.pp)} vp={cfg.parallel.vp})", flush=True)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         spawn(_spawned_rank, world_size, cfg, str(run_dir))
-    print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/)")
+    print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)")
     return 0

@@ -1,4 +1,4 @@
-"""The training loop of one rank: data, steps, evaluation, metrics, hang reports."""
+"""The training loop of one rank: data, steps, evaluation, metrics, checkpoints, preemption, hang reports."""
 from __future__ import annotations
 
 import os
@@ -46,33 +46,55 @@ def report_failure(trainer_ctx, exc: BaseException) -> None:
 def train_rank(cfg: RunConfig, run_dir: str, rank: int, world_size: int, local_rank: int,
                local_world_size: int) -> list[dict]:
     """Train on this rank; returns the step records (identical on every rank)."""
+    from gpt3d.slurm.preemption import PreemptionHandler
     run_dir = Path(run_dir)
     rt = init_runtime(cfg, rank, world_size, local_rank, local_world_size)
     ctx = rt.ctx
+    handler = PreemptionHandler().install()  # SIGUSR1 / SIGTERM: finish the step, save, requeue, exit 0
     try:
-        return _train(cfg, run_dir, rt)
+        return _train(cfg, run_dir, rt, handler)
     except Exception as exc:  # noqa: BLE001 - report where, then exit without hanging in teardown
         report_failure(ctx, exc)
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
+    finally:
+        handler.uninstall()
 
 
-def _train(cfg: RunConfig, run_dir: Path, rt) -> list[dict]:
+def resume(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> int:
+    """Load the checkpoint checkpoint.resume selects (if any) into the trainer; returns the step to continue from."""
+    from gpt3d.checkpoint import Checkpoint, load_into_trainer, resume_path
+    path = resume_path(cfg.checkpoint.resume, run_dir)
+    if path is None:
+        return 0
+    summary = load_into_trainer(trainer, Checkpoint(path))
+    if trainer.ctx.rank == 0:
+        moments = "with optimizer state" if summary["optimizer"] else "without optimizer state (fresh Adam moments)"
+        rng = "" if summary["rng"] else "; new layout: dropout RNG streams re-seeded"
+        print(f"gpt3d: resumed from {path} at step {summary['step']} {moments}{rng}", flush=True)
+    return summary["step"]
+
+
+def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
+    from gpt3d.checkpoint import CheckpointSaver
+    from gpt3d.slurm.preemption import requeue_job
     ctx = rt.ctx
     is_logger = ctx.rank == 0
     data = build_data(cfg)
     trainer = Trainer(cfg, rt)
+    saver = CheckpointSaver(trainer, run_dir)
+    start = resume(cfg, run_dir, trainer)
     G, seq = cfg.train.global_batch_size, cfg.train.seq_len
     flops = megatron_model_flops(cfg.model, G, seq)
     log: Optional[MetricsLog] = None
     if is_logger:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        log = MetricsLog(run_dir, cfg.train.tensorboard, cfg.train.progress, cfg.train.steps)
+        log = MetricsLog(run_dir, cfg.train.tensorboard, cfg.train.progress, cfg.train.steps, start)
     records = []
     try:
-        for step in range(cfg.train.steps):
+        for step in range(start, cfg.train.steps):
             result = trainer.train_step(global_batch(data["train"], step, G))
             record = step_record(step + 1, result.loss, result.lr, result.grad_norm, result.seconds, G * seq, flops,
                                  ctx.layout.world_size, result.comm_bytes, result.applied,
@@ -87,6 +109,21 @@ def _train(cfg: RunConfig, run_dir: Path, rt) -> list[dict]:
             records.append(record)
             if log is not None and ((step + 1) % cfg.train.log_interval == 0 or step + 1 == cfg.train.steps):
                 log.log(record)
+            if saver.due(step + 1):
+                saver.save(step + 1)
+            if handler is not None and handler.stop_requested(ctx.world_group.pg):
+                if cfg.checkpoint.save_on_exit:
+                    saver.save(step + 1)
+                saver.finish()
+                requeued = requeue_job() if ctx.rank == 0 else False
+                if log is not None:
+                    log.note(f"gpt3d: {handler.signal_received or 'another rank received a stop signal'}: stopped "
+                             f"after step {step + 1}" + (", saved" if cfg.checkpoint.save_on_exit else "")
+                             + (", job requeued" if requeued else ""))
+                return records
+        if cfg.checkpoint.save_on_exit and start < cfg.train.steps:
+            saver.save(cfg.train.steps)
+        saver.finish()
     finally:
         if log is not None:
             log.close()

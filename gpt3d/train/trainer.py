@@ -95,8 +95,11 @@ class Trainer:
         self.ctx.schedule_step = "optimizer step"
         norm, applied = self.optimizer.step(lr, self.scaler.scale)
         self.scaler.update(applied)
+        self.ctx.schedule_step = "loss all-reduce"
         loss = self.mean_loss(runner.losses, len(inputs) * self.ctx.layout.dp)
         self.step_index += 1
+        # A failure in the loop's own collectives between steps must not be reported as inside this step.
+        self.ctx.schedule_step = f"between steps (after step {self.step_index})"
         self.last_runner = runner
         return StepResult(loss, norm, lr, applied, time.perf_counter() - start, runner.busy_s,
                           self.ctx.comm_bytes())

@@ -19,11 +19,13 @@ def seeded():
     torch.manual_seed(0)
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
-    """Parity: fp32 to a few ulps of the reference's scale; bf16 to ~2 ulps (both computed in fp32, rounded once)."""
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "", scale: float | None = None) -> None:
+    """Parity: fp32 to a few ulps of `scale` (default: the reference's largest magnitude, at least 1); bf16 to ~2 ulps
+    (both computed in fp32, rounded once)."""
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    if scale is None:
+        scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
     if expected.dtype == torch.bfloat16:
         torch.testing.assert_close(actual.float(), expected.float(), rtol=1.6e-2, atol=1e-2 * scale, msg=what or None)
     else:

@@ -31,8 +31,10 @@ def test_layer_norm_forward_and_grads_match_reference(hidden, dtype):
     y_ref = reference.layer_norm(x, w, b, 1e-5)
     assert_close(y, y_ref, "y")
     dy = torch.randn_like(y)
+    # hidden == 1: dx is exactly 0 in exact arithmetic; both sides return rounding noise amplified by rstd = eps^-0.5.
+    noise = 10.0 if hidden == 1 else None
     for name, got, want in zip(("dx", "dweight", "dbias"), grads(y, (x, w, b), dy), grads(y_ref, (x, w, b), dy)):
-        assert_close(got, want, name)
+        assert_close(got, want, name, scale=noise)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -48,7 +50,7 @@ def test_add_layer_norm_forward_and_grads_match_reference(hidden, dtype):
     got = grads((total, y), (x, r, w, b), (d_total, dy))
     want = grads((total_ref, y_ref), (x, r, w, b), (d_total, dy))
     for name, g, r_ in zip(("dx", "dresidual", "dweight", "dbias"), got, want):
-        assert_close(g, r_, name)
+        assert_close(g, r_, name, scale=10.0 if hidden == 1 else None)  # hidden 1: see the test above
 
 
 def test_bf16_input_with_fp32_weights():

@@ -43,6 +43,7 @@ def one_f_one_b(r: StageRunner) -> None:
             p2p.send_forward(ctx, spec, out)
 
     # Steady state: one forward, one backward.
+    r.mark("1f1b steady", warmup)
     received = None if (first or steady == 0) else p2p.recv_forward(ctx, spec)
     for i in range(steady):
         fwd_mb, bwd_mb = warmup + i, i
@@ -102,6 +103,7 @@ def interleaved_one_f_one_b(r: StageRunner) -> None:
     steady = total - warmup
 
     # Warm-up: forwards only.
+    r.mark("interleaved warm-up", 0)
     if not first_rank:
         received[0].append(p2p.recv_forward(ctx, spec))
     for k in range(warmup):
@@ -149,6 +151,7 @@ def interleaved_one_f_one_b(r: StageRunner) -> None:
             grads[next_bwd].append(got_next)
 
     # Cool-down: the remaining backwards.
+    r.mark("interleaved cool-down", steady)
     if steady == 0 and not last_rank:
         grads[v - 1].append(p2p.recv_backward(ctx, spec))
     for k in range(steady, total):

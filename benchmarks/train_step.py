@@ -1,0 +1,113 @@
+"""One training step of gpt3d versus Hugging Face GPT2LMHeadModel on the same config, batch and dtype.
+
+Both run forward + backward + AdamW on one process with the same threads; printed: tokens/s, model TFLOP/s, MFU
+against the machine's GEMM peak measured in the same run, and the ratio gpt3d / HF. Usage:
+    python benchmarks/train_step.py [--layers 6 --d-model 512 --heads 8 --seq 512 --batch 4 --steps 6 --quick]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from gpt3d.config import load_config
+from gpt3d.model.flops import megatron_model_flops
+from gpt3d.train.runtime import init_runtime
+from gpt3d.train.trainer import Trainer
+
+
+def gemm_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / min(times) / 1e12
+
+
+def time_steps(step, steps: int) -> float:
+    step()  # warm-up (allocations, first-call costs)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gpt3d_step_fn(args, dtype: str, batch: np.ndarray):
+    cfg = load_config(None, ["preset=gpt2-small", f"model.n_layers={args.layers}", f"model.d_model={args.d_model}",
+                             f"model.n_heads={args.heads}", f"model.seq_len={args.seq}", "model.hidden_dropout=0.0",
+                             "model.attn_dropout=0.0", f"train.global_batch_size={args.batch}",
+                             f"train.micro_batch_size={args.batch}", f"train.dtype={dtype}", "optim.grad_clip=1.0",
+                             f"train.steps={args.steps + 1}"])
+    trainer = Trainer(cfg, init_runtime(cfg, 0, 1, 0, 1))
+    return cfg, lambda: trainer.train_step(batch)
+
+
+def hf_step_fn(args, dtype: str, batch: np.ndarray):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    config = GPT2Config(n_layer=args.layers, n_embd=args.d_model, n_head=args.heads, n_positions=args.seq,
+                        vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    tokens = torch.from_numpy(batch)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast("cpu",
+                                                                                                  enabled=False)
+        with context:
+            loss = model(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--d-model", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--quick", action="store_true", help="2 layers, seq 128, 2 steps: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.layers, args.seq, args.steps = 2, 128, 2
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    batch = np.random.default_rng(0).integers(0, 50257, size=(args.batch, args.seq + 1)).astype(np.int64)
+    print(f"config: {args.layers} layers, d {args.d_model}, {args.heads} heads, seq {args.seq}, batch {args.batch}; "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'dtype':6} {'impl':6} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'GEMM peak':>9} {'MFU':>6}  ratio")
+    for dtype in ("fp32", "bf16"):
+        peak = gemm_peak_tflops(torch.float32 if dtype == "fp32" else torch.bfloat16)
+        cfg, ours = gpt3d_step_fn(args, dtype, batch)
+        flops = megatron_model_flops(cfg.model, args.batch, args.seq)
+        tokens = args.batch * args.seq
+        # Interleave the two so machine noise hits both alike.
+        theirs = hf_step_fn(args, dtype, batch)
+        t_ours, t_hf = [], []
+        for _ in range(2):
+            t_ours.append(time_steps(ours, max(args.steps // 2, 1)))
+            t_hf.append(time_steps(theirs, max(args.steps // 2, 1)))
+        t_ours, t_hf = min(t_ours), min(t_hf)
+        for name, t in (("gpt3d", t_ours), ("hf", t_hf)):
+            tflops = flops / t / 1e12
+            ratio = f"{t_hf / t_ours:.2f}x" if name == "gpt3d" else ""
+            print(f"{dtype:6} {name:6} {t * 1e3:9.1f} {tokens / t:10.0f} {tflops:8.3f} {peak:9.3f} "
+                  f"{tflops / peak:6.1%}  {ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -74,12 +74,12 @@ def softmax_cases(shapes, dtypes):
             causal = torch.ones(s, s, dtype=torch.bool).triu(1)
             yield (f"causal_softmax {bh}x{s}x{s}", dtype, (x,),
                    lambda x: K.scaled_causal_softmax(x, scale),
-                   lambda x: torch.softmax((x * scale).masked_fill(causal, float("-inf")), -1),
+                   lambda x, causal=causal: torch.softmax((x * scale).masked_fill(causal, float("-inf")), -1),
                    2 * n, 2 * n + 3 * n, 1)
             mask = torch.rand(1, 1, s, s) < 0.1
             yield (f"masked_softmax {bh}x{s}x{s}", dtype, (x,),
-                   lambda x: K.scaled_masked_softmax(x, mask, scale),
-                   lambda x: torch.softmax((x * scale).masked_fill(mask, float("-inf")), -1),
+                   lambda x, mask=mask: K.scaled_masked_softmax(x, mask, scale),  # bind this case's mask
+                   lambda x, mask=mask: torch.softmax((x * scale).masked_fill(mask, float("-inf")), -1),
                    2 * n + mask.numel(), 2 * n + mask.numel() + 3 * n, 1)
 
 

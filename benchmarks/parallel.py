@@ -1,8 +1,8 @@
 """3D-parallel training of a tiny GPT on this machine: step time per layout (ratio against 1x1x1 measured in the same
-run), bytes communicated per group against the analytical volume (gpt3d/parallel/volumes.py), and the pipeline bubble
+run, same model and global batch for every layout), bytes communicated per group against the analytical volume (gpt3d/parallel/volumes.py), and the pipeline bubble
 measured from the stages' busy time against the theory (p - 1) / (v*m + p - 1).
 
-    python benchmarks/parallel.py            # 8 layers, d 64, seq 32, 16 micro-batches of 1 sequence, 5 timed steps
+    python benchmarks/parallel.py            # 8 layers, d 128, seq 64, global batch 16 (m = 16 / dp), 5 timed steps
     python benchmarks/parallel.py --quick    # smoke run: 2 timed steps
 
 Measured bubble of a stage = 1 - (its forward + backward time) / (the pipeline's span: first forward start to last
@@ -25,19 +25,20 @@ LAYOUTS = [  # (tp, pp, dp, vp)
 GROUPS = ("tp", "pp", "dp", "embedding")
 
 
-def overrides(layout, micro: int, sequence_parallel: bool) -> list[str]:
+def overrides(layout, batch: int, sequence_parallel: bool) -> list[str]:
+    """The same model and global batch for every layout (strong scaling): m = batch / dp micro-batches of 1."""
     tp, pp, dp, vp = layout
-    return ["preset=tiny-test", "model.n_layers=8", "model.d_model=64", "model.n_heads=4", "model.seq_len=32",
+    return ["preset=tiny-test", "model.n_layers=8", "model.d_model=128", "model.n_heads=4", "model.seq_len=64",
             "model.vocab_size=250", "model.vocab_pad_multiple=64", "train.micro_batch_size=1",
-            f"train.global_batch_size={micro * dp}", "train.threads=1", f"parallel.tp={tp}", f"parallel.pp={pp}",
+            f"train.global_batch_size={batch}", "train.threads=1", f"parallel.tp={tp}", f"parallel.pp={pp}",
             f"parallel.dp={dp}", f"parallel.vp={vp}", f"parallel.sequence_parallel={str(sequence_parallel).lower()}"]
 
 
-def worker(rank: int, world_size: int, layout, micro: int, warmup: int, steps: int) -> dict:
+def worker(rank: int, world_size: int, layout, batch: int, warmup: int, steps: int) -> dict:
     from gpt3d.config import load_config
     from gpt3d.train.runtime import init_runtime
     from gpt3d.train.trainer import Trainer
-    cfg = load_config(None, overrides(layout, micro, False))
+    cfg = load_config(None, overrides(layout, batch, False))
     rt = init_runtime(cfg, rank, world_size, rank, world_size)
     trainer = Trainer(cfg, rt)
     rng = np.random.default_rng(0)
@@ -53,7 +54,7 @@ def worker(rank: int, world_size: int, layout, micro: int, warmup: int, steps: i
     return {"pp": rt.ctx.pp_rank, "records": records}
 
 
-def measure(layout, micro: int, warmup: int, steps: int) -> dict:
+def measure(layout, batch: int, warmup: int, steps: int) -> dict:
     from gpt3d.config import load_config
     from gpt3d.launch.spawn import spawn
     from gpt3d.parallel.volumes import pipeline_bubble, world_volumes
@@ -61,10 +62,10 @@ def measure(layout, micro: int, warmup: int, steps: int) -> dict:
     tp, pp, dp, vp = layout
     world = tp * pp * dp
     if world == 1:
-        per_rank = [worker(0, 1, layout, micro, warmup, steps)]
+        per_rank = [worker(0, 1, layout, batch, warmup, steps)]
     else:
-        per_rank = spawn(worker, world, layout, micro, warmup, steps, collect=True)
-    cfg = load_config(None, overrides(layout, micro, False))
+        per_rank = spawn(worker, world, layout, batch, warmup, steps, collect=True)
+    cfg = load_config(None, overrides(layout, batch, False))
     lay, m = check_layout(cfg, world)
     step_s = statistics.median(max(r["records"][i]["seconds"] for r in per_rank) for i in range(steps))
     measured = {g: sum(r["records"][-1]["bytes"].get(g, 0) for r in per_rank) for g in GROUPS}
@@ -87,7 +88,7 @@ def fmt_bytes(n: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--micro", type=int, default=16, help="micro-batches per step (per DP rank)")
+    parser.add_argument("--batch", type=int, default=16, help="global batch (sequences; micro-batches of 1)")
     args = parser.parse_args()
     warmup, steps = (1, 2) if args.quick else (2, 5)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -95,13 +96,14 @@ def main() -> None:
     rows = []
     for layout in LAYOUTS:
         t0 = time.perf_counter()
-        rows.append((layout, measure(layout, args.micro, warmup, steps)))
+        rows.append((layout, measure(layout, args.batch, warmup, steps)))
         print(f"  measured {'x'.join(map(str, layout[:3]))}{' vp' + str(layout[3]) if layout[3] > 1 else ''} "
               f"in {time.perf_counter() - t0:.0f} s", flush=True)
     base = rows[0][1]["step_s"]
-    print(f"\ntiny GPT (8 layers, d 64, seq 32, vocab 250), {args.micro} micro-batches of 1 x dp, fp32, "
+    print(f"\ntiny GPT (8 layers, d 128, seq 64, vocab 250), global batch {args.batch} = m micro-batches of 1 x dp, "
+          f"fp32, "
           f"{cores} cores, 1 thread per rank")
-    header = (f"{'layout':<13}{'ranks':>6}{'ranks/core':>11}{'step ms':>9}{'vs 1x1x1':>9}  "
+    header = (f"{'layout':<13}{'m':>4}{'ranks':>6}{'ranks/core':>11}{'step ms':>9}{'vs 1x1x1':>9}  "
               + "".join(f"{g + ' meas/analyt':>26}" for g in GROUPS) + f"{'bubble':>8}{'theory':>8}")
     print(header)
     print("-" * len(header))
@@ -115,7 +117,7 @@ def main() -> None:
         pipelined = layout[1] > 1
         bubble = f"{100 * r['bubble']:.1f}%" if pipelined else "-"
         theory = f"{100 * r['bubble_theory']:.1f}%" if pipelined else "-"
-        print(f"{name:<13}{r['world']:>6}{r['world'] / cores:>11.1f}{1e3 * r['step_s']:>9.1f}"
+        print(f"{name:<13}{r['m']:>4}{r['world']:>6}{r['world'] / cores:>11.1f}{1e3 * r['step_s']:>9.1f}"
               f"{r['step_s'] / base:>9.2f}  {cells}{bubble:>8}{theory:>8}")
 
 

@@ -156,7 +156,8 @@ def main() -> None:
                 ("gpt3d sparse", fwd["sparse"], fwdbwd["sparse"], memory["sparse"])]
         if use_flex:
             with torch.no_grad():
-                flex_ms = _median_ms(_flex_forward(raw, args.block, seq, args.heads), (q, k, v), reps)
+                detached = tuple(t.detach() for t in (q, k, v))  # flex refuses inputs requiring grad on CPU
+                flex_ms = _median_ms(_flex_forward(raw, args.block, seq, args.heads), detached, reps)
             rows.append(("flex (fwd)", flex_ms, None, "-"))
         target = 0.6 / density
         for name, f_ms, fb_ms, mem in rows:

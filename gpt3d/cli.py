@@ -32,6 +32,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                     *lazy("gpt3d.checkpoint.convert")),
         "inspect": ("show a checkpoint's layout, step, config and tensors, and verify its checksums",
                     *lazy("gpt3d.checkpoint.inspect")),
+        "profile": ("profile time, FLOPs, MFU and memory per layer, stage and communication group",
+                    *lazy("gpt3d.profiler.cli")),
         "presets": ("list the model presets with their parameter counts", *lazy("gpt3d.config.show")),
     }
 

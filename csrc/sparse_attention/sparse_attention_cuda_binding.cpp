@@ -2,7 +2,7 @@
 // sparse_attention.cu. Compiled only when torch has CUDA (setup.py defines GPT3D_WITH_CUDA and builds the .cu).
 #ifdef GPT3D_WITH_CUDA
 
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // (ATen/cuda/CUDAContext.h would need cuSPARSE/cuBLAS headers)
 #include <cuda_runtime_api.h>
 #include <torch/extension.h>
 
@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& q_in, const at
   const int rc = gpt3d_sparse_attention_forward_cuda(
       q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(), rp.data_ptr<int32_t>(),
       ci.data_ptr<int32_t>(), q.size(0), q.size(1), q.size(2), q.size(3), block, static_cast<float>(scale),
-      q.scalar_type() == at::kBFloat16, at::cuda::getCurrentCUDAStream().stream());
+      q.scalar_type() == at::kBFloat16, c10::cuda::getCurrentCUDAStream().stream());
   check_launch(rc, 0, block, q.size(3));
   return {out, lse};
 }
@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
       dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), delta.data_ptr<float>(), rp.data_ptr<int32_t>(),
       ci.data_ptr<int32_t>(), cp.data_ptr<int32_t>(), ri.data_ptr<int32_t>(), q.size(0), q.size(1), q.size(2),
       q.size(3), block, static_cast<float>(scale), q.scalar_type() == at::kBFloat16,
-      at::cuda::getCurrentCUDAStream().stream());
+      c10::cuda::getCurrentCUDAStream().stream());
   check_launch(rc, 2, block, q.size(3));
   return {dq, dk, dv};
 }

@@ -213,17 +213,24 @@ class Checkpoint:
             lo, hi = inter
             rel_lo = [l - s for l, s in zip(lo, p["start"])]
             rel_hi = [h - s for h, s in zip(hi, p["start"])]
+            target = out[tuple(slice(l - s, h - s) for l, h, s in zip(lo, hi, start))]
+            if target.flags.c_contiguous and list(rel_lo[1:]) == [0] * len(rel_lo[1:]) and \
+                    list(rel_hi[1:]) == list(p["size"][1:]):
+                self._reader(p["file"]).read_rows(p["key"], rel_lo[0], rel_hi[0], out=target)  # no copy
+                covered += target.size
+                continue
             block = self._reader(p["file"]).read_rows(p["key"], rel_lo[0], rel_hi[0])
             sub = block[(slice(None),) + tuple(slice(a, b) for a, b in zip(rel_lo[1:], rel_hi[1:]))]
             out[tuple(slice(l - s, h - s) for l, h, s in zip(lo, hi, start))] = sub
             covered += sub.size
+            del block, sub
         for (p_start, p_size), group in flat_groups.items():
             whole = list(p_start) == start and list(p_size) == size
             buf = out if whole else np.empty(p_size, out.dtype)
             flat, got = buf.reshape(-1), 0
             for p in group:
                 lo, hi = p["flat"]
-                flat[lo:hi] = self._reader(p["file"]).read_flat(p["key"], 0, hi - lo)
+                self._reader(p["file"]).read_flat(p["key"], 0, hi - lo, out=flat[lo:hi])
                 got += hi - lo
             if whole:
                 covered += got

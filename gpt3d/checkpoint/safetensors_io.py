@@ -147,15 +147,17 @@ class SafetensorsReader:
         dtype, shape, start = self._info(name)
         return self._read_into(np.empty(shape, dtype), start)
 
-    def read_rows(self, name: str, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) along dim 0 (one contiguous byte range)."""
+    def read_rows(self, name: str, lo: int, hi: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows [lo, hi) along dim 0 (one contiguous byte range), into `out` (contiguous) when given."""
         dtype, shape, start = self._info(name)
         row = _numel(shape[1:]) * dtype.itemsize
-        return self._read_into(np.empty((hi - lo,) + shape[1:], dtype), start + lo * row)
+        out = np.empty((hi - lo,) + shape[1:], dtype) if out is None else out
+        return self._read_into(out, start + lo * row)
 
-    def read_flat(self, name: str, lo: int, hi: int) -> np.ndarray:
+    def read_flat(self, name: str, lo: int, hi: int, out: Optional[np.ndarray] = None) -> np.ndarray:
         dtype, shape, start = self._info(name)
-        return self._read_into(np.empty(hi - lo, dtype), start + lo * dtype.itemsize)
+        out = np.empty(hi - lo, dtype) if out is None else out
+        return self._read_into(out, start + lo * dtype.itemsize)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

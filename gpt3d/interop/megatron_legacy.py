@@ -103,13 +103,16 @@ def read_legacy(iteration_dir: str, trusted: bool, n_heads: Optional[int]):
     caller drops it when the config ties). `n_heads` is only needed for checkpoint_version < 2."""
     ranks = rank_dirs(iteration_dir)
     if not ranks:
-        raise InteropError(f"{iteration_dir}: no mp_rank_TT[_PPP] folders; is this a torch_dist checkpoint "
-                           f"(fmt='torch_dist')?")
+        raise InteropError(f"{iteration_dir}: neither mp_rank_TT[_PPP] folders (legacy format) nor metadata.json "
+                           f"(torch_dist); point at a Megatron checkpoint directory")
     tp = 1 + max(t for t, _ in ranks)
     pp = 1 + max(p for _, p in ranks)
     source = "found"
-    if (0, 0) in ranks and os.path.isfile(os.path.join(ranks[(0, 0)], FILE_NAME)):
-        first_args = read_pt(os.path.join(ranks[(0, 0)], FILE_NAME), trusted).get("args")
+    loaded: dict[str, dict] = {}  # rank 0's file, read once for its args and reused below
+    first = os.path.join(ranks[(0, 0)], FILE_NAME) if (0, 0) in ranks else ""
+    if os.path.isfile(first):
+        loaded[first] = read_pt(first, trusted)
+        first_args = loaded[first].get("args")
         if first_args is not None and getattr(first_args, "tensor_model_parallel_size", None):
             tp = first_args.tensor_model_parallel_size
             pp = getattr(first_args, "pipeline_model_parallel_size", None) or 1
@@ -128,7 +131,7 @@ def read_legacy(iteration_dir: str, trusted: bool, n_heads: Optional[int]):
             path = os.path.join(ranks[(tp_rank, pp_rank)], FILE_NAME)
             if not os.path.isfile(path):
                 raise InteropError(f"{path}: missing; copy the complete checkpoint")
-            ckpt = read_pt(path, trusted)
+            ckpt = loaded.pop(path) if path in loaded else read_pt(path, trusted)
             if "model" not in ckpt:
                 hint = " (a virtual-pipeline checkpoint: model0, model1, ... is not supported)" if "model0" in ckpt else ""
                 raise InteropError(f"{path}: has no 'model' entry{hint}; keys are {sorted(ckpt)}")

@@ -81,10 +81,6 @@ def parse_name(name: str) -> Optional[tuple[Optional[int], str]]:
     raise KeyError(name)
 
 
-def is_pre_core(name: str) -> bool:
-    return name.startswith(("language_model.", "word_embeddings_for_head."))
-
-
 def flatten(tree: dict, prefix: str = "") -> dict:
     """Nested Megatron model dicts (pre-core) -> dotted names; flat dicts pass through."""
     out = {}

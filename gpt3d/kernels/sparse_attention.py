@@ -130,6 +130,8 @@ def block_sparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.
     """Dense scores masked by the layout expanded to elements (+ causal); fp32 math, result in q's dtype."""
     _check_inputs(q, k, v, layout, block)
     lay = layout.layout if isinstance(layout, CompiledLayout) else layout
+    if not isinstance(layout, CompiledLayout):  # (a CompiledLayout was checked when built)
+        check_layout(lay.cpu(), q.shape[1], q.shape[2], block)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     mask = expand_layout_to_mask(lay.to(q.device), block, q.shape[2])
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale

@@ -69,7 +69,8 @@ class CausalSelfAttention(nn.Module):
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.kind == "sparse":
-            return ops.sparse_causal_attention(q, k, v, self.layout, self.block, self.impl)
+            blocks = q.shape[2] // self.block  # the layout covers model.seq_len; a shorter sequence uses its top-left
+            return ops.sparse_causal_attention(q, k, v, self.layout[:, :blocks, :blocks], self.block, self.impl)
         dropout_p = self.attn_dropout.p if self.training else 0.0
         if dropout_p > 0 and self.attn_dropout.rng_context is not None:
             with self.attn_dropout.rng_context():

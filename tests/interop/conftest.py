@@ -3,6 +3,7 @@ checks compare the math, not whether the C++ extension was built."""
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 
@@ -19,3 +20,9 @@ def gpt3d_model(cfg, sd):
 
 def tokens(vocab: int, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -14,8 +14,7 @@ import torch
 
 from gpt3d.interop import InteropError, load_deepspeed
 
-from .conftest import REPO, gpt3d_model, tokens
-from .test_megatron import free_port
+from .conftest import REPO, free_port, gpt3d_model, tokens
 
 pytest.importorskip("deepspeed", reason="DS_BUILD_OPS=0 pip install deepspeed")
 

@@ -2,7 +2,6 @@
 with GPT2LMHeadModel.from_pretrained and give gpt3d's logits; bad input gets the exact error."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest

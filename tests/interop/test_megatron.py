@@ -4,13 +4,11 @@ megatron's logits, and gpt3d's exports loaded by megatron (strict load_state_dic
 gpt3d's logits."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import types
@@ -22,7 +20,7 @@ from gpt3d.config.model import ModelConfig
 from gpt3d.interop import InteropError, fit_vocab, load_megatron, megatron_padded_vocab, save_megatron
 from gpt3d.model.gpt import build_gpt
 
-from .conftest import REPO, gpt3d_model, tokens
+from .conftest import REPO, free_port, gpt3d_model, tokens
 
 pytest.importorskip("megatron.core", reason="pip install megatron-core (0.16.x)")
 
@@ -47,12 +45,6 @@ def random_gpt3d_state(cfg: ModelConfig, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     sd = build_gpt(cfg, seed).state_dict()
     return fit_vocab({k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in sd.items()}, cfg)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_peer(job: dict, workdir: pathlib.Path) -> None:
@@ -92,10 +84,10 @@ def megatron_run(request, tmp_path_factory):
                                  mcore_logits=torch.load(work / "mcore_logits.pt"))
 
 
-def real_vocab(logits: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    """Megatron's logits cover its padded vocabulary; gpt3d's the real one."""
-    assert logits.shape[-1] == megatron_padded_vocab(cfg.vocab_size, 1) or logits.shape[-1] % 128 == 0
-    return logits[..., : cfg.vocab_size]
+def real_vocab(logits: torch.Tensor, run) -> torch.Tensor:
+    """Megatron's logits cover its padded vocabulary (a multiple of 128 * tp); gpt3d's the real one."""
+    assert logits.shape[-1] == megatron_padded_vocab(run.cfg.vocab_size, run.tp)
+    return logits[..., : run.cfg.vocab_size]
 
 
 @pytest.mark.parametrize("fmt", ["legacy", "dist"])
@@ -104,13 +96,13 @@ def test_megatron_checkpoint_imports_into_gpt3d(megatron_run, fmt):
     assert dataclasses.replace(cfg, kernels="reference") == megatron_run.cfg
     with torch.no_grad():
         ours = gpt3d_model(megatron_run.cfg, sd)(megatron_run.ids)
-    torch.testing.assert_close(ours, real_vocab(megatron_run.mcore_logits, cfg), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, real_vocab(megatron_run.mcore_logits, megatron_run), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["legacy", "dist"])
 def test_gpt3d_export_runs_in_megatron(megatron_run, fmt):
     theirs = torch.load(megatron_run.work / f"ours_{fmt}_logits.pt")
-    torch.testing.assert_close(megatron_run.ours_logits, real_vocab(theirs, megatron_run.cfg), rtol=0, atol=1e-5)
+    torch.testing.assert_close(megatron_run.ours_logits, real_vocab(theirs, megatron_run), rtol=0, atol=1e-5)
 
 
 def test_exports_have_megatrons_exact_keys_and_shapes(megatron_run):
@@ -167,7 +159,7 @@ def test_pre_core_names_import(megatron_run, tmp_path):
     cfg, sd = load_megatron(str(tmp_path), trusted=True)
     with torch.no_grad():
         ours = gpt3d_model(megatron_run.cfg, sd)(megatron_run.ids)
-    torch.testing.assert_close(ours, real_vocab(megatron_run.mcore_logits, cfg), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, real_vocab(megatron_run.mcore_logits, megatron_run), rtol=0, atol=1e-5)
 
 
 def test_old_checkpoint_versions_qkv_orders(megatron_run, tmp_path):

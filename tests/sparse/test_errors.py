@@ -41,12 +41,13 @@ def test_wrapper_errors(fused_kernel, impl):
         block_sparse_attention(q, k, v, LAYOUT, 32, impl="triton")
 
 
-def test_non_causal_layout_is_refused(fused_kernel):
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_non_causal_layout_is_refused(fused_kernel, impl):
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="above the diagonal"):
-        block_sparse_attention(q, k, v, torch.ones(2, 4, 4, dtype=torch.bool), 32)
+        block_sparse_attention(q, k, v, torch.ones(2, 4, 4, dtype=torch.bool), 32, impl=impl)
     with pytest.raises(ValueError, match="misses diagonal"):
-        block_sparse_attention(q, k, v, torch.zeros(2, 4, 4, dtype=torch.bool), 32)
+        block_sparse_attention(q, k, v, torch.zeros(2, 4, 4, dtype=torch.bool), 32, impl=impl)
 
 
 def test_raw_op_checks(fused_kernel):

@@ -10,7 +10,7 @@ from gpt3d.config.sparse import SparseAttentionConfig
 from gpt3d.kernels.sparse_attention import block_sparse_attention
 from gpt3d.model.sparsity import expand_layout_to_mask, make_layout
 
-from conftest import cpu_isas, dense_masked_attention
+from sparse_helpers import cpu_isas, dense_masked_attention
 
 LAYOUTS = ["local", "fixed", "strided", "bigbird", "dense"]
 # (batch, heads, seq, d_head, block, dtype)

@@ -13,7 +13,7 @@ from gpt3d.config.sparse import SparseAttentionConfig
 from gpt3d.kernels.sparse_attention import block_sparse_attention
 from gpt3d.model.sparsity import expand_layout_to_mask, make_layout
 
-from conftest import dense_masked_attention
+from sparse_helpers import dense_masked_attention
 
 
 @pytest.mark.parametrize("name", ["local", "fixed", "strided", "bigbird", "dense"])

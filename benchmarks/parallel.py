@@ -1,9 +1,11 @@
-"""3D-parallel training of a tiny GPT on this machine: step time per layout (ratio against 1x1x1 measured in the same
-run, same model and global batch for every layout), bytes communicated per group against the analytical volume (gpt3d/parallel/volumes.py), and the pipeline bubble
-measured from the stages' busy time against the theory (p - 1) / (v*m + p - 1).
+"""3D-parallel training of a tiny GPT on this machine, same model and global batch for every layout: step time per
+layout (ratio against the first layout, 1x1x1, measured in the same run), bytes communicated per group against the
+analytical volume (gpt3d/parallel/volumes.py), and the pipeline bubble measured from the stages' busy time against
+the theory (p - 1) / (v*m + p - 1).
 
     python benchmarks/parallel.py            # 8 layers, d 128, seq 64, global batch 16 (m = 16 / dp), 5 timed steps
     python benchmarks/parallel.py --quick    # smoke run: 2 timed steps
+    python benchmarks/parallel.py --layouts 1x1x1 1x2x1 1x2x1vp2   # a subset
 
 Measured bubble of a stage = 1 - (its forward + backward time) / (the pipeline's span: first forward start to last
 backward end over all stages, on the shared monotonic clock); the table shows the mean over stages. Every rank runs
@@ -89,21 +91,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch", type=int, default=16, help="global batch (sequences; micro-batches of 1)")
+    parser.add_argument("--layouts", nargs="*", help="subset, e.g. 1x2x1 1x2x1vp2 (default: all)")
     args = parser.parse_args()
+    layouts = LAYOUTS
+    if args.layouts:
+        names = {"x".join(map(str, lay[:3])) + (f"vp{lay[3]}" if lay[3] > 1 else ""): lay for lay in LAYOUTS}
+        layouts = [names[n] for n in args.layouts]
     warmup, steps = (1, 2) if args.quick else (2, 5)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cores = os.cpu_count() or 1
     rows = []
-    for layout in LAYOUTS:
+    for layout in layouts:
         t0 = time.perf_counter()
         rows.append((layout, measure(layout, args.batch, warmup, steps)))
         print(f"  measured {'x'.join(map(str, layout[:3]))}{' vp' + str(layout[3]) if layout[3] > 1 else ''} "
               f"in {time.perf_counter() - t0:.0f} s", flush=True)
-    base = rows[0][1]["step_s"]
+    base = rows[0][1]["step_s"]  # the first layout measured (1x1x1 unless --layouts says otherwise)
     print(f"\ntiny GPT (8 layers, d 128, seq 64, vocab 250), global batch {args.batch} = m micro-batches of 1 x dp, "
           f"fp32, "
           f"{cores} cores, 1 thread per rank")
-    header = (f"{'layout':<13}{'m':>4}{'ranks':>6}{'ranks/core':>11}{'step ms':>9}{'vs 1x1x1':>9}  "
+    header = (f"{'layout':<13}{'m':>4}{'ranks':>6}{'ranks/core':>11}{'step ms':>9}{'vs first':>9}  "
               + "".join(f"{g + ' meas/analyt':>26}" for g in GROUPS) + f"{'bubble':>8}{'theory':>8}")
     print(header)
     print("-" * len(header))

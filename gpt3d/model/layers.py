@@ -64,13 +64,24 @@ class CausalSelfAttention(nn.Module):
         self.block = cfg.sparse.block
         # The block-sparse layout of all heads [heads, nb, nb]; TP keeps this rank's head slice.
         self.register_buffer("layout", layout, persistent=False)
+        self._compiled: dict = {}
         self.recompute_core = False  # selective recomputation of the attention core (set by the parallel plan)
         self.rng_context: Optional[Callable] = None
 
+    def compiled_layout(self, seq_len: int, device: torch.device):
+        """The kernel's compact (CSR) form of this rank's heads' layout for `seq_len`, built once per length: the
+        layout covers model.seq_len and a shorter sequence uses its top-left corner."""
+        key = (seq_len, str(device))
+        if key not in self._compiled:
+            from gpt3d.kernels.sparse_attention import compile_layout
+            blocks = seq_len // self.block
+            self._compiled[key] = compile_layout(self.layout[:, :blocks, :blocks], self.block, device)
+        return self._compiled[key]
+
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.kind == "sparse":
-            blocks = q.shape[2] // self.block  # the layout covers model.seq_len; a shorter sequence uses its top-left
-            return ops.sparse_causal_attention(q, k, v, self.layout[:, :blocks, :blocks], self.block, self.impl)
+            return ops.sparse_causal_attention(q, k, v, self.compiled_layout(q.shape[2], q.device), self.block,
+                                               self.impl)
         dropout_p = self.attn_dropout.p if self.training else 0.0
         if dropout_p > 0 and self.attn_dropout.rng_context is not None:
             with self.attn_dropout.rng_context():

@@ -60,7 +60,8 @@ def chunk_params(cfg: RunConfig, layout: Layout, pp_rank: int, chunk: int) -> li
     for i in _chunk_layers(cfg, layout, pp_rank, chunk):
         p = f"blocks.{i}."
         out += [ParamSpec(p + "ln1.weight", d, sp), ParamSpec(p + "ln1.bias", d, sp),
-                ParamSpec(p + "attn.qkv.weight", 3 * a // t * d, False), ParamSpec(p + "attn.qkv.bias", 3 * a // t, False),
+                ParamSpec(p + "attn.qkv.weight", 3 * a // t * d, False),
+                ParamSpec(p + "attn.qkv.bias", 3 * a // t, False),
                 ParamSpec(p + "attn.proj.weight", d * (a // t), False), ParamSpec(p + "attn.proj.bias", d, sp),
                 ParamSpec(p + "ln2.weight", d, sp), ParamSpec(p + "ln2.bias", d, sp),
                 ParamSpec(p + "mlp.fc1.weight", f // t * d, False), ParamSpec(p + "mlp.fc1.bias", f // t, False),

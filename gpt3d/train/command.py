@@ -148,5 +148,6 @@ def run(args: argparse.Namespace) -> int:
               f"dp={world_size // (cfg.parallel.tp * cfg.parallel.pp)} vp={cfg.parallel.vp})", flush=True)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         spawn(_spawned_rank, world_size, cfg, str(run_dir))
-    print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)")
+    if launch is None or launch.rank == 0:
+        print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)")
     return 0

@@ -117,7 +117,7 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
                 saver.finish()
                 requeued = requeue_job() if ctx.rank == 0 else False
                 if log is not None:
-                    log.note(f"gpt3d: {handler.signal_received or 'another rank received a stop signal'}: stopped "
+                    log.note(f"gpt3d: {handler.signal_received.name if handler.signal_received else 'another rank received a stop signal'}: stopped "
                              f"after step {step + 1}" + (", saved" if cfg.checkpoint.save_on_exit else "")
                              + (", job requeued" if requeued else ""))
                 return records

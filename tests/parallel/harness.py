@@ -16,6 +16,8 @@ import torch.distributed as dist
 from gpt3d.config import load_config
 from gpt3d.launch.spawn import spawn
 from gpt3d.parallel.gather import gather_full
+from gpt3d.parallel.pipeline.runner import StageRunner
+from gpt3d.parallel.pipeline.schedules import SCHEDULES
 from gpt3d.train.runtime import init_runtime
 from gpt3d.train.trainer import Trainer
 
@@ -44,10 +46,31 @@ def synthetic_batches(steps: int, batch: int, seq_len: int, vocab: int, seed: in
 
 def job(overrides: list[str], steps: int = 1, grads_after: Optional[int] = 1,
         micro_counts: Optional[list[int]] = None) -> dict:
-    """One training run: `steps` steps of `overrides` (on top of BASE); the gathered gradients are taken after step
-    `grads_after` (None: never). `micro_counts`, if given, sets the number of micro-batches of each step (the
-    batch fed to the step is micro_count x micro_batch x dp samples) instead of the configured global batch."""
+    """One training run: `steps` steps of `overrides` (on top of BASE); the gathered gradients are those of the batch
+    of step `grads_after` (None: never), read before that step's optimizer update. `micro_counts`, if given, sets
+    the number of micro-batches of each step (the batch fed to the step is micro_count x micro_batch x dp
+    samples) instead of the configured global batch."""
     return {"overrides": list(overrides), "steps": steps, "grads_after": grads_after, "micro_counts": micro_counts}
+
+
+def reduced_gradients(trainer: Trainer, batch: np.ndarray) -> dict:
+    """The full gradients of one global batch as the optimizer receives them: the first half of Trainer.train_step
+    (the schedule over the micro-batches, then the data-parallel/embedding/sequence-parallel reductions), gathered
+    to full shape, without stepping. The optimizer may rescale its gradient buffers in place (the fused AdamW
+    unscales and clips them), so the gradients are read before it runs; the buffers are zeroed by the next step."""
+    inputs, labels = trainer.micro_batches(batch)
+    for chunk in trainer.chunks:
+        chunk.train()
+    runner = StageRunner(trainer.ctx, trainer.chunks, inputs, labels,
+                         trainer.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), trainer.sync.enable_sync,
+                         trainer.autocast, trainer.scaler.scale)
+    trainer.sync.zero_grad()
+    SCHEDULES[trainer.schedule](runner)
+    trainer.sync.finish()
+    trainer.sync.gather_grads()
+    grads = gather_full(trainer.ctx, trainer.chunks, "grad")
+    trainer.sync.zero_grad()
+    return grads
 
 
 def _run_job(rank: int, world_size: int, spec: dict) -> dict:
@@ -63,6 +86,8 @@ def _run_job(rank: int, world_size: int, spec: dict) -> dict:
     losses, norms, per_step, grads = [], [], [], None
     for i, size in enumerate(sizes):
         batch = synthetic_batches(1, size, cfg.train.seq_len, cfg.model.vocab_size, seed=i)[0]
+        if spec["grads_after"] is not None and i + 1 == spec["grads_after"]:
+            grads = reduced_gradients(trainer, batch)
         result = trainer.train_step(batch)
         runner = trainer.last_runner
         losses.append(result.loss)
@@ -72,9 +97,6 @@ def _run_job(rank: int, world_size: int, spec: dict) -> dict:
             "events": list(runner.events), "busy_s": runner.busy_s, "seconds": result.seconds,
             "num_micro": runner.num_micro,
         })
-        if spec["grads_after"] is not None and i + 1 == spec["grads_after"]:
-            trainer.sync.gather_grads()
-            grads = gather_full(ctx, trainer.chunks, "grad")
     params = gather_full(ctx, trainer.chunks, "param")
     out = {"rank": rank, "coords": {"tp": ctx.tp_rank, "dp": ctx.dp_rank, "pp": ctx.pp_rank},
            "num_micro": rt.num_micro, "steps": per_step}

@@ -52,7 +52,8 @@ def test_formulas_by_hand_for_2x2x2():
     # Tied embedding: each end's vocabulary shard of the table, 256 / 2 x 64 fp32.
     assert first["embedding"] == last["embedding"] == {"all_reduce": 128 * 64 * 4}
     # DP: every local gradient once. First stage: token shard, positions, 2 layers; last: 2 layers, final LN, head copy.
-    layer = 2 * 2 * 64 + (3 * 64 // 2 * 64 + 3 * 64 // 2) + (64 * 32 + 64) + (256 // 2 * 64 + 256 // 2) + (64 * 128 + 64)
+    layer = (2 * 2 * 64 + (3 * 64 // 2 * 64 + 3 * 64 // 2) + (64 * 32 + 64) + (256 // 2 * 64 + 256 // 2)
+             + (64 * 128 + 64))
     assert first["dp"] == {"all_reduce": (128 * 64 + 32 * 64 + 2 * layer) * 4}
     assert last["dp"] == {"all_reduce": (2 * layer + 2 * 64 + 128 * 64) * 4}
 

@@ -1,7 +1,8 @@
-"""Hang safety: when a rank stops participating, the others do not wait forever. With a short parallel.comm_timeout_s the
-waiting rank's point-to-point receive (pipeline) or collective (data-parallel gradient all-reduce) times out; the
-failure handler of the training loop (gpt3d.train.loop.report_failure) reports the rank, its coordinates, the last operation per group and the schedule step, and the job
-exits non-zero. Run as a subprocess under a hard timeout, so a regression shows as a failure, not a stuck suite."""
+"""Hang safety: when a rank stops participating, the others do not wait forever. With a short
+parallel.comm_timeout_s the waiting rank's point-to-point receive (pipeline) or collective (data-parallel gradient
+all-reduce) times out; the failure handler of the training loop (gpt3d.train.loop.report_failure) reports the rank,
+its coordinates, the last operation per group and the schedule step, and the job exits non-zero. Run as a subprocess
+under a hard timeout, so a regression shows as a failure, not a stuck suite."""
 from __future__ import annotations
 
 import os

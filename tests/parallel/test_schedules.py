@@ -35,7 +35,8 @@ def key(pp: int, schedule: str) -> str:
 
 for _pp in PP_DEGREES:
     for _schedule in SCHEDULES:
-        register_job(_pp, key(_pp, _schedule), job(overrides(_pp, _schedule), micro_counts=micro_counts(_pp, _schedule)))
+        register_job(_pp, key(_pp, _schedule),
+                     job(overrides(_pp, _schedule), micro_counts=micro_counts(_pp, _schedule)))
 
 
 def events_of(pp: int, schedule: str, step: int) -> dict[int, list[tuple]]:

@@ -126,9 +126,20 @@ CPU_COPY_BYTES = 64 * 1024 * 1024
 CPU_MEASURE_REPEATS = 5
 """Timed repetitions; the best one is kept (the least disturbed by other processes)."""
 GLOO_LOOPBACK_FRACTION = 0.25
-"""gloo moves tensors between local processes through TCP loopback: ~1/4 of a memcpy (read, kernel copy, write)."""
+"""Estimate used when the link is not measured (measure_link=False): gloo moves tensors between local processes
+through TCP loopback at ~1/4 of a memcpy (read, kernel copy, write). An upper bound: measured, gloo's ring reaches
+1/10-1/30 of the copy rate on a 2-core laptop (the reduction and the socket copies share the cores)."""
 GLOO_LATENCY_S = 50e-6
-"""Per-message latency of gloo over localhost TCP."""
+"""Per-message latency of gloo over localhost TCP (estimate; measure_link=True measures it)."""
+GLOO_PROBE_BYTES = 4 * 1024 * 1024
+"""Large all-reduce of the link probe (bandwidth): latency is a few percent of its ~3-5 ms."""
+GLOO_PROBE_SMALL_BYTES = 128 * 1024
+"""Small all-reduce of the link probe (latency): the size of a tensor-parallel activation of the CPU test configs."""
+GLOO_PROBE_REPEATS = 50
+"""Timed all-reduces per size (their mean is kept)."""
+GLOO_PROBE_GAP_SIZE = 256
+"""Square GEMM (~0.3 ms, about one part of a layer of the CPU test configs) run before each probe all-reduce: as
+between two tensor-parallel collectives, both ranks compute and their gloo threads sleep."""
 CPU_OP_OVERHEAD_S = 10e-6
 """Fixed PyTorch eager dispatch cost of one CPU operator."""
 CPU_GEMM_TILE = 16
@@ -147,11 +158,78 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-def measure_cpu_spec(threads: int | None = None) -> GPUSpec:
+def _gloo_rank(rank: int, port: int, sizes: tuple[int, ...]) -> dict[int, float]:
+    """One rank of the link probe: mean seconds of a 2-rank all-reduce of each size, each after a short GEMM burst."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per rank, as the CPU runs use
+    try:
+        timeout = datetime.timedelta(seconds=60)
+        store = dist.TCPStore("127.0.0.1", port, 2, rank == 0, timeout=timeout)
+        group = dist.ProcessGroupGloo(store, rank, 2, timeout)
+        work = torch.randn(GLOO_PROBE_GAP_SIZE, GLOO_PROBE_GAP_SIZE)
+        means = {}
+        for num_bytes in sizes:
+            buffer = torch.ones(max(1, num_bytes // 4))
+            group.allreduce([buffer]).wait()  # warm-up: connections, buffers
+            total = 0.0
+            for _ in range(GLOO_PROBE_REPEATS):
+                torch.mm(work, work)  # the peer's gloo threads fall asleep, as during a layer's computation
+                start = time.perf_counter()
+                group.allreduce([buffer]).wait()
+                total += time.perf_counter() - start
+            means[num_bytes] = total / GLOO_PROBE_REPEATS
+        return means
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _gloo_peer(port: int, sizes: tuple[int, ...]) -> None:
+    try:
+        _gloo_rank(1, port, sizes)
+    finally:
+        os._exit(0)  # skip the parent's atexit handlers (a forked copy of the caller)
+
+
+def measure_gloo_link() -> tuple[float, float]:
+    """(bus bandwidth in bytes/s, per-step latency in s) of a 2-rank gloo all-reduce over localhost TCP, measured the
+    way gpt3d's local ranks communicate: two processes (this one and a forked peer, so no interpreter starts; ~0.3 s),
+    each with one thread, each all-reduce issued right after a short computation. Means, not minima: a step pays
+    every collective, and the slow ones (waking the peer's gloo threads, a TCP window update) are part of the cost.
+    A 2-rank ring all-reduce is 2 steps moving the whole buffer once, t = 2 latency + bytes / bandwidth, fitted
+    through the two probe sizes."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sizes = (GLOO_PROBE_SMALL_BYTES, GLOO_PROBE_BYTES)
+    peer = multiprocessing.get_context("fork").Process(target=_gloo_peer, args=(port, sizes), daemon=True)
+    peer.start()
+    try:
+        means = _gloo_rank(0, port, sizes)
+    finally:
+        peer.join(timeout=60)
+        if peer.is_alive():
+            peer.kill()
+    small, large = means[GLOO_PROBE_SMALL_BYTES], means[GLOO_PROBE_BYTES]
+    bandwidth = (GLOO_PROBE_BYTES - GLOO_PROBE_SMALL_BYTES) / max(large - small, 1e-9)
+    latency = max(small - GLOO_PROBE_SMALL_BYTES / bandwidth, 0.0) / 2
+    return bandwidth, latency
+
+
+def measure_cpu_spec(threads: int | None = None, measure_link: bool = False) -> GPUSpec:
     """A GPUSpec for this CPU from a measured fp32 GEMM rate and copy bandwidth (takes ~0.1-0.5 s).
 
     The "GPU" is one process using `threads` cores (default: torch's current setting); intra-node collectives are gloo
-    over loopback (a fraction of the copy bandwidth), and there is no second node (ib = the same loopback)."""
+    over loopback, and there is no second node (ib = the same loopback). The loopback link is estimated from the copy
+    bandwidth (GLOO_LOOPBACK_FRACTION, GLOO_LATENCY_S), or with `measure_link` measured by a 2-rank gloo all-reduce
+    (measure_gloo_link, ~0.3 s more)."""
     import torch
 
     previous = torch.get_num_threads()
@@ -171,7 +249,10 @@ def measure_cpu_spec(threads: int | None = None) -> GPUSpec:
     gemm_tflops = 2.0 * n ** 3 / gemm_s / 1e12
     copy_GBps = 2.0 * CPU_COPY_BYTES / copy_s / GB  # read + write
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    link_GBps = copy_GBps * GLOO_LOOPBACK_FRACTION
+    link_GBps, link_latency_s = copy_GBps * GLOO_LOOPBACK_FRACTION, GLOO_LATENCY_S
+    if measure_link:
+        link_Bps, link_latency_s = measure_gloo_link()
+        link_GBps = link_Bps / GB
     return GPUSpec(
         name="cpu",
         peak_tflops_bf16=gemm_tflops,
@@ -179,8 +260,8 @@ def measure_cpu_spec(threads: int | None = None) -> GPUSpec:
         hbm_GBps=copy_GBps / HBM_EFFICIENCY,  # measured = achievable; hbm_Bps applies HBM_EFFICIENCY back
         nvlink_GBps=2 * link_GBps / NCCL_NVLINK_BUS_EFFICIENCY,
         ib_Gbps=8 * link_GBps / NCCL_IB_BUS_EFFICIENCY,
-        nvlink_latency_s=GLOO_LATENCY_S,
-        ib_latency_s=GLOO_LATENCY_S,
+        nvlink_latency_s=link_latency_s,
+        ib_latency_s=link_latency_s,
         num_sms=cores,
         gemm_efficiency_max=1.0 / _cpu_shape_factor(n),  # the curve reproduces the measured rate at n^3
         kernel_launch_s=CPU_OP_OVERHEAD_S,

@@ -175,5 +175,6 @@ def test_megatron_core_reads_our_files(tmp_path):
     assert [theirs[i].tolist() for i in range(len(docs))] == docs
     assert theirs.document_indices.tolist() == list(range(len(docs) + 1))
     reference_write(str(tmp_path / "ref"), [[d] for d in docs], np.uint16)
-    assert [IndexedDataset(str(tmp_path / "ref"))[i].tolist() for i in range(len(docs))] == \
-        [indexed_dataset.IndexedDataset(str(tmp_path / "ref"))[i].tolist() for i in range(len(docs))]
+    # Keep megatron's dataset alive while reading: its __del__ unmaps the buffer its arrays point into.
+    ours_ref, theirs_ref = IndexedDataset(str(tmp_path / "ref")), indexed_dataset.IndexedDataset(str(tmp_path / "ref"))
+    assert [ours_ref[i].tolist() for i in range(len(docs))] == [theirs_ref[i].tolist() for i in range(len(docs))]

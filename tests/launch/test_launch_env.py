@@ -91,7 +91,7 @@ def _launcher_env() -> dict[str, str]:
 
 
 def _check_ranks(output: str, world: int, source: str) -> None:
-    found = re.findall(rf"RANK (\d) WORLD {world} LOCAL (\d)/{world} SOURCE {source} NODE \S+ MASTER \S+ SUM (\S+)",
+    found = re.findall(rf"RANK (\d) WORLD {world} LOCAL (\d)/{world} SOURCE {source} NODE \S+ MASTER \S+ SUM (\d+)",
                        output)
     assert sorted(int(r) for r, _, _ in found) == list(range(world)), output
     assert {sum_ for _, _, sum_ in found} == {f"{world * (world + 1) // 2}"}

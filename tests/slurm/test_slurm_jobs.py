@@ -42,7 +42,7 @@ def test_rendered_script_runs_four_gloo_ranks_over_two_nodes(slurm_cluster, tmp_
     log = (run_dir / f"slurm-{job_id}.out").read_text()
     assert record["JobState"] == "COMPLETED", log + (run_dir / f"slurm-{job_id}.err").read_text()
     ranks = {int(m.group(1)): m for m in re.finditer(
-        r"RANK (\d) WORLD 4 LOCAL (\d)/2 SOURCE slurm NODE (n\d) MASTER 127\.0\.0\.1:(\d+) SUM (\S+)", log)}
+        r"RANK (\d) WORLD 4 LOCAL (\d)/2 SOURCE slurm NODE (n\d) MASTER 127\.0\.0\.1:(\d+) SUM (\d+)", log)}
     assert sorted(ranks) == [0, 1, 2, 3], log
     assert {m.group(5) for m in ranks.values()} == {"10"}  # 1 + 2 + 3 + 4
     assert {r: ranks[r].group(3) for r in ranks} == {0: "n1", 1: "n1", 2: "n2", 3: "n2"}
@@ -109,7 +109,7 @@ def test_mpirun_inside_a_two_node_job_uses_open_mpi_ranks(slurm_cluster):
               f"'echo SLURMVARS $OMPI_COMM_WORLD_RANK $SLURM_PROCID $SLURM_NTASKS'\n")
     _, log = slurm_cluster.run_job(script, timeout=150)
     ranks = {int(m.group(1)): m for m in re.finditer(
-        r"RANK (\d) WORLD 4 LOCAL (\d)/2 SOURCE mpi NODE (n\d) MASTER \S+ SUM (\S+)", log)}
+        r"RANK (\d) WORLD 4 LOCAL (\d)/2 SOURCE mpi NODE (n\d) MASTER \S+ SUM (\d+)", log)}
     assert sorted(ranks) == [0, 1, 2, 3], log
     assert {m.group(4) for m in ranks.values()} == {"10"}
     assert {r: ranks[r].group(3) for r in ranks} == {0: "n1", 1: "n1", 2: "n2", 3: "n2"}

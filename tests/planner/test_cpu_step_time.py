@@ -1,0 +1,167 @@
+"""The performance model with this CPU's measured constants against real `gpt3d train` runs in several layouts.
+
+GitHub issue "`gpt3d plan` ...": on the CPU, the model fed with constants measured at start (fp32 GEMM peak, copy
+bandwidth, gloo loopback bandwidth and latency) predicts the step time of real tiny runs. The test prints a table
+(layout, measured ms, predicted ms, error %) and asserts structure, not speed:
+- the predictions rank the layouts as the measurements do wherever the measured times differ by more than NOISE;
+- every prediction is within a FACTOR of its measurement. A factor, not a tighter band: the planner models GPUs
+  (kernels with a fixed launch cost, bandwidth-bound elementwise work, NCCL rings) and this is a 2-core CPU shared
+  with other work, where PyTorch's eager dispatch, autograd bookkeeping and the Python schedule cost a few
+  microseconds per operator, gloo's ring shares the cores with the computation, and each step is ~0.1 s.
+  Measured here: the single process within ~20%, the 2-rank layouts within ~40%, and the 2-rank step times themselves
+  vary by up to ~25% between identical runs (a rank waiting in gloo sleeps, and waking it costs ~0.1-1 ms).
+
+Every layout has at most 2 ranks, so each rank owns one of the 2 cores (one thread each); the predictor is told 2
+"GPUs" per node, so every collective and pipeline transfer uses the measured loopback link.
+
+The comparison needs the cores it measures: step times taken while other processes kept the cores busy measure those
+processes. The test reads /proc/stat around each run and subtracts its own runs' CPU time; if other work used more
+than CONTENDED_CORES on average during a run, it runs that layout again (once), and if the machine stays busy the
+test stops, reports the table and skips its assertions rather than fail on someone else's load (the CPU
+measurement is likewise repeated once if it was disturbed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gpt3d.config.run import load_config
+from gpt3d.planner.hardware import measure_cpu_spec
+from gpt3d.planner.layout import Layout
+from gpt3d.planner.performance import PerformanceOptions, predict
+
+CONFIG = "tiny"
+GLOBAL_BATCH, MICRO_BATCH = 8, 2
+"""tiny (4 layers, d 128, seq 128, vocab 4096) with 4 micro-batches of 2: ~0.15 s per step on one thread."""
+STEPS = 6
+MEASURED_STEPS = slice(2, 6)
+"""Steps 3-6: the first two pay one-off costs (allocator growth, first-touch of the optimizer state, gloo warm-up)."""
+LAYOUTS = {  # name -> (train flags, planner layout)
+    "1x1x1": ([], Layout(1, 1, 1, micro_batch=MICRO_BATCH)),
+    "dp2": (["--dp", "2"], Layout(1, 1, 2, micro_batch=MICRO_BATCH)),
+    "tp2": (["--tp", "2"], Layout(2, 1, 1, micro_batch=MICRO_BATCH)),
+    "pp2": (["--pp", "2"], Layout(1, 2, 1, micro_batch=MICRO_BATCH)),
+    "pp2 vp2": (["--pp", "2", "--vp", "2"], Layout(1, 2, 1, vp=2, micro_batch=MICRO_BATCH)),
+}
+GPUS_PER_NODE = 2
+FACTOR = 2.0
+NOISE = 0.25
+"""Measured step times closer than this (relative) are not ranked: on this 2-vCPU VM the 2-rank layouts vary by up to
+~25% from one run to the next with nothing else running (dp2: 84-124 ms), the single-process run by ~5%."""
+CONTENDED_CORES = 0.3
+"""Average cores other processes may use during a run before its step times are not trusted."""
+
+
+@dataclass
+class Run:
+    step_s: float
+    """median step_time_s of the measured steps (rank 0's wall clock)"""
+    other_cores: float
+    """average cores used by other processes during the run"""
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat; steal time counts as busy), 0 where there is none."""
+    stat = Path("/proc/stat")
+    if not stat.exists():  # not Linux: the load cannot be read, and the runs are trusted
+        return 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in stat.read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (the train runs and their spawned ranks)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class OtherLoad:
+    """Average cores used by other processes while the block runs: machine-wide busy time (/proc/stat) minus the CPU
+    time of this process and its reaped children (the train runs and their spawned ranks)."""
+
+    def __enter__(self) -> "OtherLoad":
+        self.busy0, self.own0, self.wall0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, own, wall = _busy_cpu_s() - self.busy0, _own_cpu_s() - self.own0, time.perf_counter() - self.wall0
+        self.cores = max(0.0, busy - own) / wall
+
+
+def train_once(name: str, flags: list[str], out: Path) -> Run:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, "-m", "gpt3d", "train", CONFIG, "--out", str(out), "--overwrite", "--steps", str(STEPS),
+               "--set", f"train.global_batch_size={GLOBAL_BATCH}", "--set", f"train.micro_batch_size={MICRO_BATCH}",
+               "--set", "train.threads=1", "--set", "train.eval_interval=0", "--set", "train.tensorboard=false",
+               "--set", "train.progress=false", "--set", "train.dtype=fp32", *flags]
+    with OtherLoad() as load:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{name}: gpt3d train failed:\n{done.stdout}\n{done.stderr}"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    return Run(statistics.median(r["step_time_s"] for r in records[MEASURED_STEPS]), load.cores)
+
+
+def train(name: str, flags: list[str], out: Path) -> Run:
+    run = train_once(name, flags, out)
+    if run.other_cores > CONTENDED_CORES:  # someone else's burst: one more try
+        run = train_once(name, flags, out)
+    return run
+
+
+def measure_spec():
+    """The CPU spec, measured again once if other work used the cores meanwhile (the link probe takes means)."""
+    for _ in range(2):
+        with OtherLoad() as load:
+            spec = measure_cpu_spec(threads=1, measure_link=True)
+        if load.cores <= CONTENDED_CORES:
+            break
+    return spec, load.cores
+
+
+def table(rows: list[tuple[str, Run, float]]) -> str:
+    lines = ["| layout | measured ms | predicted ms | error | other load (cores) |", "|---|---|---|---|---|"]
+    for name, run, predicted in rows:
+        lines.append(f"| {name} | {run.step_s * 1e3:.1f} | {predicted * 1e3:.1f} | "
+                     f"{(predicted / run.step_s - 1) * 100:+.0f}% | {run.other_cores:.2f} |")
+    return "\n".join(lines)
+
+
+def test_step_time_matches_train_runs(tmp_path):
+    cfg = load_config(CONFIG, [f"train.global_batch_size={GLOBAL_BATCH}", f"train.micro_batch_size={MICRO_BATCH}"])
+    seq = cfg.train.seq_len or cfg.model.seq_len
+    spec, spec_load = measure_spec()  # right before the runs, in this process
+    options = PerformanceOptions(gpus_per_node=GPUS_PER_NODE, dtype="fp32")
+    rows = []
+    for name, (flags, layout) in LAYOUTS.items():
+        run = train(name, flags, tmp_path / name.replace(" ", "_"))
+        predicted = predict(cfg.model, layout, spec, GLOBAL_BATCH, seq, options).iteration_time_s
+        rows.append((name, run, predicted))
+        if run.other_cores > CONTENDED_CORES:
+            break  # the machine is busy: stop loading it further
+    report = (f"CPU spec (1 thread): fp32 GEMM {spec.peak_tflops_bf16 * 1e3:.1f} GFLOP/s, copy "
+              f"{spec.hbm_Bps / 1e9:.1f} GB/s, gloo all-reduce {spec.nvlink_bus_Bps / 1e9:.2f} GB/s + "
+              f"{spec.nvlink_latency_s * 1e6:.0f} us per ring step (other load {spec_load:.2f} cores)\n{table(rows)}")
+    print("\n" + report)
+
+    busy = [name for name, run, _ in rows if run.other_cores > CONTENDED_CORES]
+    if busy or spec_load > CONTENDED_CORES:
+        pytest.skip(f"other processes kept the cores busy (> {CONTENDED_CORES} cores on average) during "
+                    f"{', '.join(busy) or 'the CPU measurement'}: step times would measure their load, not gpt3d\n"
+                    f"{report}")
+    for name, run, predicted in rows:
+        assert 1 / FACTOR <= predicted / run.step_s <= FACTOR, f"{name}: prediction off by over {FACTOR}x\n{report}"
+    for a_name, a, a_pred in rows:
+        for b_name, b, b_pred in rows:
+            if a.step_s < b.step_s * (1 - NOISE):  # a measurably faster than b
+                assert a_pred < b_pred, f"measured {a_name} faster than {b_name}, predicted the reverse\n{report}"

@@ -153,13 +153,28 @@ class Embedding(nn.Module):
         return self.dropout(self.lookup_tokens(ids) + self.positions(ids.shape[1], ids.device))
 
 
-def masked_padded_logits(logits: torch.Tensor, vocab_start: int, vocab_size: int) -> torch.Tensor:
-    """Padded vocabulary rows (global id >= vocab_size) can never be predicted: their logits become -inf."""
-    local = logits.shape[-1]
-    if vocab_start + local <= vocab_size:
-        return logits
-    valid = torch.arange(vocab_start, vocab_start + local, device=logits.device) < vocab_size
-    return logits.masked_fill(~valid, float("-inf"))
+class PaddedVocabBias:
+    """A constant bias of 0 for real and -inf for padded vocabulary rows, added inside the head's GEMM: the padded
+    logits come out as -inf at no extra pass over the logits (their softmax and gradients are exactly 0), and the
+    weight gradient keeps its padded shape without a slice-and-pad copy."""
+
+    def __init__(self, rows: int, vocab_start: int, vocab_size: int):
+        self.rows, self.vocab_start, self.vocab_size = rows, vocab_start, vocab_size
+        self._cache: dict = {}
+
+    @property
+    def needed(self) -> bool:
+        return self.vocab_start + self.rows > self.vocab_size
+
+    def __call__(self, like: torch.Tensor):
+        if not self.needed:
+            return None
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            ids = torch.arange(self.vocab_start, self.vocab_start + self.rows, device=like.device)
+            zero = torch.zeros((), dtype=like.dtype, device=like.device)
+            self._cache[key] = torch.where(ids < self.vocab_size, zero, float("-inf")).to(like.dtype)
+        return self._cache[key]
 
 
 class LMHead(nn.Module):
@@ -170,11 +185,15 @@ class LMHead(nn.Module):
         super().__init__()
         self.vocab_size = cfg.vocab_size
         self.weight = nn.Parameter(torch.empty(cfg.padded_vocab_size, cfg.d_model)) if own_weight else None
+        self.pad_bias = PaddedVocabBias(cfg.padded_vocab_size, 0, cfg.vocab_size)
+
+    def padded_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Logits over the padded vocabulary, -inf in the padded columns."""
+        return F.linear(hidden, weight, self.pad_bias(hidden))  # autocast casts the bias with the GEMM
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # Only the real vocabulary's rows: the padded rows could never be predicted anyway.
-        return F.linear(hidden, weight[: self.vocab_size])
+        return self.padded_logits(hidden, weight)[..., : self.vocab_size]
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(hidden, weight)
+        logits = self.padded_logits(hidden, weight)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())

@@ -17,7 +17,7 @@ from torch import nn
 
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import ShardInfo
-from gpt3d.model.layers import Dropout, Embedding, LMHead, masked_padded_logits
+from gpt3d.model.layers import Dropout, Embedding, LMHead, PaddedVocabBias
 
 from . import comm
 from .context import Group
@@ -151,11 +151,12 @@ class VocabParallelLMHead(LMHead):
             self.weight = None
         self.per_rank = padded_vocab // group.size
         self.vocab_start = group.rank * self.per_rank
+        self.pad_bias = PaddedVocabBias(self.per_rank, self.vocab_start, self.vocab_size)
 
     def _local_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         hidden = comm.gather_from_sp(hidden, self.group) if self.sequence_parallel else comm.copy_to_tp(hidden,
                                                                                                           self.group)
-        return masked_padded_logits(F.linear(hidden, weight), self.vocab_start, self.vocab_size)
+        return F.linear(hidden, weight, self.pad_bias(hidden))
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Full logits (gathered: for inference and interop only; training never calls this)."""

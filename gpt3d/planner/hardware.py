@@ -140,6 +140,9 @@ GLOO_PROBE_REPEATS = 50
 GLOO_PROBE_GAP_SIZE = 256
 """Square GEMM (~0.3 ms, about one part of a layer of the CPU test configs) run before each probe all-reduce: as
 between two tensor-parallel collectives, both ranks compute and their gloo threads sleep."""
+BUSY_NODE_SECONDS = 0.25
+"""Window over which every rank of the busy-node probe runs GEMMs at once (long enough to average the host's
+scheduling, short enough to keep the probe cheap)."""
 CPU_OP_OVERHEAD_S = 10e-6
 """Fixed PyTorch eager dispatch cost of one CPU operator."""
 CPU_GEMM_TILE = 16
@@ -221,6 +224,57 @@ def measure_gloo_link() -> tuple[float, float]:
     bandwidth = (GLOO_PROBE_BYTES - GLOO_PROBE_SMALL_BYTES) / max(large - small, 1e-9)
     latency = max(small - GLOO_PROBE_SMALL_BYTES / bandwidth, 0.0) / 2
     return bandwidth, latency
+
+
+def _sustained_gemm_tflops(seconds: float) -> float:
+    """fp32 TFLOP/s of back-to-back CPU_GEMM_SIZE^3 GEMMs over `seconds` (mean rate, not the best repetition)."""
+    import torch
+
+    n = CPU_GEMM_SIZE
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2.0 * n ** 3 * count / (time.perf_counter() - start) / 1e12
+
+
+def _busy_rank(barrier, results) -> None:
+    try:
+        import torch
+        torch.set_num_threads(1)
+        barrier.wait()
+        results.send(_sustained_gemm_tflops(BUSY_NODE_SECONDS))
+    finally:
+        os._exit(0)  # skip the parent's atexit handlers (a forked copy of the caller)
+
+
+def measure_busy_node_tflops(ranks: int = 2) -> float:
+    """fp32 GEMM TFLOP/s of the slowest of `ranks` one-thread processes computing at once (this one and forked
+    peers; ~0.3 s): a CPU "GPU" runs slower while its neighbours work (shared L3 and memory bandwidth, the host's
+    scheduling of the virtual cores), and the slowest rank paces a synchronous step. The rate every rank of a full
+    node sustains, for layouts with more than one rank per node."""
+    import multiprocessing
+
+    import torch
+
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(ranks)
+    pipes = [context.Pipe(duplex=False) for _ in range(ranks - 1)]
+    peers = [context.Process(target=_busy_rank, args=(barrier, send), daemon=True) for _, send in pipes]
+    for peer in peers:
+        peer.start()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        barrier.wait(timeout=60)
+        rates = [_sustained_gemm_tflops(BUSY_NODE_SECONDS)] + [receive.recv() for receive, _ in pipes]
+    finally:
+        torch.set_num_threads(previous)
+        for peer in peers:
+            peer.join(timeout=60)
+    return min(rates)
 
 
 def measure_cpu_spec(threads: int | None = None, measure_link: bool = False) -> GPUSpec:

@@ -20,11 +20,17 @@ from torch import nn
 from gpt3d.config.model import ModelConfig
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import materialize
-from gpt3d.model.layers import Embedding, LMHead, masked_padded_logits
+from gpt3d.model.layers import Embedding, LMHead
 from gpt3d.parallel.context import Group
 from gpt3d.parallel.random import StreamContext, seed_everything
 from gpt3d.parallel.tensor import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                                    VocabParallelLMHead, apply_tensor_parallel, vocab_parallel_cross_entropy)
+
+
+def masked_padded_logits(logits: torch.Tensor, vocab_start: int, vocab_size: int) -> torch.Tensor:
+    """The reference semantics of vocabulary padding: padded columns (global id >= vocab_size) are -inf."""
+    valid = torch.arange(vocab_start, vocab_start + logits.shape[-1], device=logits.device) < vocab_size
+    return logits.masked_fill(~valid, float("-inf"))
 
 from .harness import register, results
 

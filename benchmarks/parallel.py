@@ -27,20 +27,22 @@ LAYOUTS = [  # (tp, pp, dp, vp)
 GROUPS = ("tp", "pp", "dp", "embedding")
 
 
-def overrides(layout, batch: int, sequence_parallel: bool) -> list[str]:
+def overrides(layout, batch: int, sequence_parallel: bool, size: tuple[int, int] = (128, 64)) -> list[str]:
     """The same model and global batch for every layout (strong scaling): m = batch / dp micro-batches of 1."""
     tp, pp, dp, vp = layout
-    return ["preset=tiny-test", "model.n_layers=8", "model.d_model=128", "model.n_heads=4", "model.seq_len=64",
+    d_model, seq = size
+    return ["preset=tiny-test", "model.n_layers=8", f"model.d_model={d_model}", "model.n_heads=4",
+            f"model.seq_len={seq}",
             "model.vocab_size=250", "model.vocab_pad_multiple=64", "train.micro_batch_size=1",
             f"train.global_batch_size={batch}", "train.threads=1", f"parallel.tp={tp}", f"parallel.pp={pp}",
             f"parallel.dp={dp}", f"parallel.vp={vp}", f"parallel.sequence_parallel={str(sequence_parallel).lower()}"]
 
 
-def worker(rank: int, world_size: int, layout, batch: int, warmup: int, steps: int) -> dict:
+def worker(rank: int, world_size: int, layout, batch: int, warmup: int, steps: int, size=(128, 64)) -> dict:
     from gpt3d.config import load_config
     from gpt3d.train.runtime import init_runtime
     from gpt3d.train.trainer import Trainer
-    cfg = load_config(None, overrides(layout, batch, False))
+    cfg = load_config(None, overrides(layout, batch, False, size))
     rt = init_runtime(cfg, rank, world_size, rank, world_size)
     trainer = Trainer(cfg, rt)
     rng = np.random.default_rng(0)
@@ -56,7 +58,7 @@ def worker(rank: int, world_size: int, layout, batch: int, warmup: int, steps: i
     return {"pp": rt.ctx.pp_rank, "records": records}
 
 
-def measure(layout, batch: int, warmup: int, steps: int) -> dict:
+def measure(layout, batch: int, warmup: int, steps: int, size=(128, 64)) -> dict:
     from gpt3d.config import load_config
     from gpt3d.launch.spawn import spawn
     from gpt3d.parallel.volumes import pipeline_bubble, world_volumes
@@ -64,10 +66,10 @@ def measure(layout, batch: int, warmup: int, steps: int) -> dict:
     tp, pp, dp, vp = layout
     world = tp * pp * dp
     if world == 1:
-        per_rank = [worker(0, 1, layout, batch, warmup, steps)]
+        per_rank = [worker(0, 1, layout, batch, warmup, steps, size)]
     else:
-        per_rank = spawn(worker, world, layout, batch, warmup, steps, collect=True)
-    cfg = load_config(None, overrides(layout, batch, False))
+        per_rank = spawn(worker, world, layout, batch, warmup, steps, size, collect=True)
+    cfg = load_config(None, overrides(layout, batch, False, size))
     lay, m = check_layout(cfg, world)
     step_s = statistics.median(max(r["records"][i]["seconds"] for r in per_rank) for i in range(steps))
     measured = {g: sum(r["records"][-1]["bytes"].get(g, 0) for r in per_rank) for g in GROUPS}
@@ -91,6 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch", type=int, default=16, help="global batch (sequences; micro-batches of 1)")
+    parser.add_argument("--d-model", type=int, default=128, help="model width (larger: compute dominates latency)")
+    parser.add_argument("--seq", type=int, default=64, help="sequence length")
     parser.add_argument("--layouts", nargs="*", help="subset, e.g. 1x2x1 1x2x1vp2 (default: all)")
     args = parser.parse_args()
     layouts = LAYOUTS
@@ -103,11 +107,11 @@ def main() -> None:
     rows = []
     for layout in layouts:
         t0 = time.perf_counter()
-        rows.append((layout, measure(layout, args.batch, warmup, steps)))
+        rows.append((layout, measure(layout, args.batch, warmup, steps, (args.d_model, args.seq))))
         print(f"  measured {'x'.join(map(str, layout[:3]))}{' vp' + str(layout[3]) if layout[3] > 1 else ''} "
               f"in {time.perf_counter() - t0:.0f} s", flush=True)
     base = rows[0][1]["step_s"]  # the first layout measured (1x1x1 unless --layouts says otherwise)
-    print(f"\ntiny GPT (8 layers, d 128, seq 64, vocab 250), global batch {args.batch} = m micro-batches of 1 x dp, "
+    print(f"\ntiny GPT (8 layers, d {args.d_model}, seq {args.seq}, vocab 250), global batch {args.batch} = m micro-batches of 1 x dp, "
           f"fp32, "
           f"{cores} cores, 1 thread per rank")
     header = (f"{'layout':<13}{'m':>4}{'ranks':>6}{'ranks/core':>11}{'step ms':>9}{'vs first':>9}  "

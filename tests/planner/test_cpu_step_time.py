@@ -13,14 +13,14 @@ The test prints a table (layout, measured ms, predicted ms, error %) and asserts
 
 Every layout has at most 2 ranks, so each rank owns one of the 2 cores (one thread each); the predictor is told 2
 "GPUs" per node, so every collective and pipeline transfer uses the measured loopback link. A layout of 2 ranks fills
-the node, and is predicted with the GEMM rate of the slower of two processes computing at once
-(measure_busy_node_tflops: ~5-10% below one process alone here); the single process with the rate alone.
+the node, and is predicted with the GEMM rate scaled by how much slower the slower of two processes computing at
+once runs than one alone (measure_busy_node_slowdown: 0.9-1.0 here); the single process with the rate alone.
 
 The comparison needs the cores it measures: step times taken while other processes kept the cores busy measure those
 processes. The test reads /proc/stat around each run and subtracts its own runs' CPU time; if other work used more
 than CONTENDED_CORES on average during a run, it runs that layout again (once), and if the machine stays busy the
-test stops, reports the table and skips its assertions rather than fail on someone else's load (the CPU
-measurement is likewise repeated once if it was disturbed).
+test says so in its report, since a failure then may measure someone else's load (the CPU measurement is likewise
+repeated once if it was disturbed).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 from gpt3d.config.run import load_config
-from gpt3d.planner.hardware import measure_busy_node_tflops, measure_cpu_spec, with_overrides
+from gpt3d.planner.hardware import measure_busy_node_slowdown, measure_cpu_spec, with_overrides
 from gpt3d.planner.layout import Layout
 from gpt3d.planner.performance import PerformanceOptions, predict
 
@@ -127,7 +127,8 @@ def measure_specs():
     for _ in range(2):
         with OtherLoad() as load:
             alone = measure_cpu_spec(threads=1, measure_link=True)
-            full = with_overrides(alone, peak_tflops_bf16=measure_busy_node_tflops(GPUS_PER_NODE))
+            slowdown = measure_busy_node_slowdown(GPUS_PER_NODE)
+            full = with_overrides(alone, peak_tflops_bf16=alone.peak_tflops_bf16 * slowdown)
         if load.cores <= CONTENDED_CORES:
             break
     return alone, full, load.cores
@@ -152,8 +153,6 @@ def test_step_time_matches_train_runs(tmp_path):
         spec = alone if layout.num_gpus == 1 else full
         predicted = predict(cfg.model, layout, spec, GLOBAL_BATCH, seq, options).iteration_time_s
         rows.append((name, run, predicted))
-        if run.other_cores > CONTENDED_CORES:
-            break  # the machine is busy: stop loading it further
     report = (f"CPU spec (1 thread): fp32 GEMM {alone.peak_tflops_bf16 * 1e3:.1f} GFLOP/s alone, "
               f"{full.peak_tflops_bf16 * 1e3:.1f} with both cores busy; copy {alone.hbm_Bps / 1e9:.1f} GB/s; gloo "
               f"all-reduce {alone.nvlink_bus_Bps / 1e9:.2f} GB/s + {alone.nvlink_latency_s * 1e6:.0f} us per ring step "
@@ -161,10 +160,9 @@ def test_step_time_matches_train_runs(tmp_path):
     print("\n" + report)
 
     busy = [name for name, run, _ in rows if run.other_cores > CONTENDED_CORES]
-    if busy or spec_load > CONTENDED_CORES:
-        pytest.skip(f"other processes kept the cores busy (> {CONTENDED_CORES} cores on average) during "
-                    f"{', '.join(busy) or 'the CPU measurement'}: step times would measure their load, not gpt3d\n"
-                    f"{report}")
+    if busy or spec_load > CONTENDED_CORES:  # said in any failure below: the numbers then measure others' load too
+        report += (f"\nnote: other processes kept the cores busy (> {CONTENDED_CORES} cores on average) during "
+                   f"{', '.join(busy) or 'the CPU measurement'}")
     for name, run, predicted in rows:
         assert 1 / FACTOR <= predicted / run.step_s <= FACTOR, f"{name}: prediction off by over {FACTOR}x\n{report}"
     for a_name, a, a_pred in rows:

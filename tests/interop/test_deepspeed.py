@@ -87,3 +87,26 @@ def test_file_carrying_code_needs_trust(trained, tmp_path):
     trusted = load_deepspeed(str(copy), cfg=cfg, trusted=True)
     plain = load_deepspeed(str(out / "zero2"), cfg=cfg)
     assert all(torch.equal(trusted[k], plain[k]) for k in plain)
+
+
+def test_gpt3d_convert_imports_the_zero_checkpoint(trained, tmp_path):
+    """`gpt3d convert ZERO_DIR DST --from deepspeed --config C --tp 2`: a gpt3d checkpoint holding the same weights."""
+    import argparse
+
+    import numpy as np
+    import yaml
+
+    from gpt3d.checkpoint import Checkpoint
+    from gpt3d.checkpoint.convert import convert
+    out, _, cfg = trained
+    config = tmp_path / "model.yaml"
+    config.write_text(yaml.safe_dump({"model": {**SPEC, "vocab_pad_multiple": cfg.vocab_pad_multiple}}))
+    dst = tmp_path / "imported"
+    convert(argparse.Namespace(src=str(out / "zero2"), dst=str(dst), tp=2, pp=1, vp=None, dp=None,
+                               from_format="deepspeed", to_format="gpt3d", megatron_format="torch_dist",
+                               trusted=False, tag=None, config=str(config), overrides=[], quiet=True))
+    ckpt = Checkpoint(dst)
+    ckpt.verify()
+    assert ckpt.layout["tp"] == 2
+    for name, value in load_deepspeed(str(out / "zero2"), cfg=cfg).items():
+        assert np.array_equal(ckpt.read(f"model/{name}"), value.detach().numpy()), name

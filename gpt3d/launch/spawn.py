@@ -29,10 +29,26 @@ def _entry(rank: int, fn: Callable, world_size: int, port: int, args: tuple, res
     except BaseException:
         traceback.print_exc()
         raise
-    finally:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    leave_job()
+
+
+def leave_job() -> None:
+    """End this rank cleanly: every rank reaches a barrier, the process groups are destroyed together, and the
+    process ends with os._exit(0). Skipping the interpreter's teardown matters: at a normal exit,
+    static destructors of the gloo transport can find a live thread and abort the rank ("terminate called without an
+    active exception") after its work is done, failing an otherwise finished run."""
+    import sys
+
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    mpi = sys.modules.get("mpi4py.MPI")  # under mpirun: Open MPI treats an exit without MPI_Finalize as a failure
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(fn: Callable, world_size: int, *args, collect: bool = False) -> list[Any] | None:

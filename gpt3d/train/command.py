@@ -140,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
     if launch is not None:
         export_torch_env(launch)
         train_rank(cfg, str(run_dir), launch.rank, launch.world_size, launch.local_rank, launch.local_world_size)
+        if launch.rank == 0:
+            print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)", flush=True)
+        from gpt3d.launch.spawn import leave_job
+        leave_job()
     elif world_size == 1:
         train_rank(cfg, str(run_dir), 0, 1, 0, 1)
     else:
@@ -148,6 +152,5 @@ def run(args: argparse.Namespace) -> int:
               f"dp={world_size // (cfg.parallel.tp * cfg.parallel.pp)} vp={cfg.parallel.vp})", flush=True)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         spawn(_spawned_rank, world_size, cfg, str(run_dir))
-    if launch is None or launch.rank == 0:
-        print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)")
+    print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)")
     return 0

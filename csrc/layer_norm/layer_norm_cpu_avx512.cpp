@@ -1,4 +1,9 @@
 // LayerNorm row kernels compiled for AVX-512 (16 fp32 lanes, masked tails); chosen at run time by layer_norm_cpu.cpp.
+// System headers come before the target pragma so no library function is compiled for a wider instruction set.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -6,37 +11,14 @@
 #include "layer_norm/layer_norm_cpu.h"  // declarations only
 #include "common/isa_avx512_begin.h"
 
+#define GPT3D_CPU_NS cpu_avx512
 #if defined(GPT3D_AVX512)
 #include "common/vec_avx512.h"
-#include "layer_norm/layer_norm_cpu_rows.h"
-
-namespace gpt3d {
-namespace cpu_avx512 {
-
-void layer_norm_forward_rows(const LayerNormForwardArgs& a, int64_t begin, int64_t end) {
-  ln_forward_rows_dispatch<VecAvx512>(a, begin, end);
-}
-
-void layer_norm_backward_rows(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
-                              float* dbeta_acc) {
-  ln_backward_rows_dispatch<VecAvx512>(a, begin, end, dgamma_acc, dbeta_acc);
-}
-
-}  // namespace cpu_avx512
-}  // namespace gpt3d
+#define GPT3D_CPU_VEC VecAvx512
+#include "layer_norm/layer_norm_cpu_instance.h"
 #include "common/isa_avx512_end.h"
-
-#else  // not x86-64: never called (cpu_has_avx512() is false), defined so the extension links
-
-namespace gpt3d {
-namespace cpu_avx512 {
-void layer_norm_forward_rows(const LayerNormForwardArgs& a, int64_t begin, int64_t end) {
-  cpu_portable::layer_norm_forward_rows(a, begin, end);
-}
-void layer_norm_backward_rows(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
-                              float* dbeta_acc) {
-  cpu_portable::layer_norm_backward_rows(a, begin, end, dgamma_acc, dbeta_acc);
-}
-}  // namespace cpu_avx512
-}  // namespace gpt3d
+#else  // not x86-64: never chosen (cpu_isa() is portable there), compiled portable so the extension links
+#include "common/vec_portable.h"
+#define GPT3D_CPU_VEC VecPortable
+#include "layer_norm/layer_norm_cpu_instance.h"
 #endif

@@ -1,4 +1,9 @@
 // Softmax row kernels compiled for AVX-512 (16 fp32 lanes, masked tails); chosen at run time by softmax_cpu.cpp.
+// System headers come before the target pragma so no library function is compiled for a wider instruction set.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -6,35 +11,14 @@
 #include "softmax/softmax_cpu.h"  // declarations only
 #include "common/isa_avx512_begin.h"
 
+#define GPT3D_CPU_NS cpu_avx512
 #if defined(GPT3D_AVX512)
 #include "common/vec_avx512.h"
-#include "softmax/softmax_cpu_rows.h"
-
-namespace gpt3d {
-namespace cpu_avx512 {
-
-void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch) {
-  softmax_forward_rows_dispatch<VecAvx512>(a, begin, end, scratch);
-}
-
-void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end) {
-  softmax_backward_rows_dispatch<VecAvx512>(a, begin, end);
-}
-
-}  // namespace cpu_avx512
-}  // namespace gpt3d
+#define GPT3D_CPU_VEC VecAvx512
+#include "softmax/softmax_cpu_instance.h"
 #include "common/isa_avx512_end.h"
-
-#else  // not x86-64: never called (cpu_has_avx512() is false), defined so the extension links
-
-namespace gpt3d {
-namespace cpu_avx512 {
-void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch) {
-  cpu_portable::softmax_forward_rows(a, begin, end, scratch);
-}
-void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end) {
-  cpu_portable::softmax_backward_rows(a, begin, end);
-}
-}  // namespace cpu_avx512
-}  // namespace gpt3d
+#else  // not x86-64: never chosen (cpu_isa() is portable there), compiled portable so the extension links
+#include "common/vec_portable.h"
+#define GPT3D_CPU_VEC VecPortable
+#include "softmax/softmax_cpu_instance.h"
 #endif

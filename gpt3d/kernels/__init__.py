@@ -23,7 +23,9 @@ def fused_available() -> bool:
 
 
 def cpu_isa() -> str:
-    """The CPU code path of the kernels here ("avx512" or "portable"), or "none" when the extension is not built."""
+    """The CPU code path the kernels take now: "avx512", "avx2" (AVX2+FMA) or "portable"; "none" when the extension is
+    not built. The default is the widest path the CPU has; the environment variable GPT3D_CPU_ISA (auto | avx512 |
+    avx2 | portable), read on every kernel call, forces one (an error when the CPU lacks it)."""
     if extension() is None:
         return "none"
     import torch

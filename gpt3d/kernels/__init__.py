@@ -2,7 +2,8 @@
 torch.compile; each has a pure-PyTorch twin in gpt3d.kernels.reference.
 
 `impl` is "fused" (the compiled kernel when gpt3d._C is built and has one for the tensor's device/dtype: float32 and
-bfloat16 on CPU, plus CUDA in a CUDA build) or "reference". The fused path falls back to the reference on its own: fp64
+bfloat16 on CPU, plus CUDA in a CUDA build), "reference", or "auto" (fused only where it beats PyTorch eager on this
+CPU's code path: the table in gpt3d/kernels/_select.py). The fused path falls back to the reference on its own: fp64
 silently (gradcheck), anything else with a one-time warning. Importing this package never needs the extension.
 """
 from __future__ import annotations

@@ -92,3 +92,21 @@ def test_an_unknown_path_name_is_one_clear_error(monkeypatch):
 def test_auto_takes_the_widest_path_this_cpu_has(monkeypatch):
     monkeypatch.setenv("GPT3D_CPU_ISA", "auto")
     assert kernels.cpu_isa() == machine_isas()[0]
+
+
+def test_auto_follows_the_table_of_the_process_path():
+    """impl="auto" runs the fused op exactly where AUTO_FUSED_ON_CPU lists it for this process's path, else the
+    reference: the result is bit-identical to the one it chose."""
+    from gpt3d.kernels import _select
+    isa = _select.process_cpu_isa()
+    x, w, b = torch.randn(4, 40), torch.randn(40), torch.randn(40)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
+        chosen = "fused" if dtype in _select.AUTO_FUSED_ON_CPU[isa].get("layer_norm", ()) else "reference"
+        assert torch.equal(kernels.layer_norm(xd, wd, bd, 1e-5, impl="auto"),
+                           kernels.layer_norm(xd, wd, bd, 1e-5, impl=chosen)), (isa, dtype, chosen)
+        s = torch.randn(1, 2, 8, 8, dtype=dtype)
+        chosen = "fused" if dtype in _select.AUTO_FUSED_ON_CPU[isa].get("scaled_causal_softmax", ()) else "reference"
+        assert torch.equal(kernels.scaled_causal_softmax(s, 0.5, impl="auto"),
+                           kernels.scaled_causal_softmax(s, 0.5, impl=chosen)), (isa, dtype, chosen)
+    assert _select.resolve("auto", "layer_norm", torch.zeros(1, dtype=torch.float64)) == "reference"

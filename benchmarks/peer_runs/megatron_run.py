@@ -15,7 +15,7 @@ LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2)}  # (tp, pp)
 
 
 class CudaToCpu(TorchFunctionMode):
-    """megatron's schedules create one tensor with device="cuda": make every device= keyword the CPU."""
+    """megatron's schedules and optimizers create tensors with device="cuda": make every device= keyword the CPU."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -69,10 +69,11 @@ def train(rank: int, job: dict):
     model = DistributedDataParallel(config=config, module=model, ddp_config=DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=False))
     bf16 = job["dtype"] == "bf16"
-    optimizer = get_megatron_optimizer(OptimizerConfig(
-        optimizer="adam", lr=job["lr"], min_lr=job["lr"], weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95,
-        adam_eps=1e-8, bf16=bf16, params_dtype=torch.float32, clip_grad=0.0, use_distributed_optimizer=False),
-        [model])
+    with CudaToCpu():  # its optimizers also create tensors with device="cuda"
+        optimizer = get_megatron_optimizer(OptimizerConfig(
+            optimizer="adam", lr=job["lr"], min_lr=job["lr"], weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95,
+            adam_eps=1e-8, bf16=bf16, params_dtype=torch.float32, clip_grad=0.0, use_distributed_optimizer=False),
+            [model])
     forward_backward = get_forward_backward_func()
     seq, micro = job["spec"]["seq"], job["micro_batch"]
     causal = torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)[None, None]

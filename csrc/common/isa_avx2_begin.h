@@ -4,6 +4,7 @@
 // On a non-x86 target GPT3D_AVX2 stays undefined and the file compiles to nothing useful (never called).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GPT3D_AVX2 1
+#define GPT3D_ISA_ACTIVE 1
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else

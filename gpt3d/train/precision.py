@@ -13,8 +13,8 @@ import torch.nn.functional as F
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(RuntimeError):
-    """The configured dtype cannot run on this device."""
+class PrecisionError(ValueError):
+    """The configured dtype cannot run on this device (bad input: reported before any work starts)."""
 
 
 def compute_dtype(name: str) -> torch.dtype:
@@ -38,8 +38,9 @@ def require_dtype_runs(name: str, dtype: torch.dtype, device: torch.device) -> N
     """Raise one PrecisionError naming the dtype, the device and the fix when `device` cannot train in `dtype`."""
     if dtype == torch.float32:
         return
-    fix = "set train.dtype=fp32, or run on a device that supports it (bf16: CPUs and Ampere+ GPUs; fp16: GPUs)"
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+    fix = f"use another train.dtype (fp32 runs everywhere) or a device that supports {name}"
+    native_bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+    if dtype == torch.bfloat16 and not native_bf16:
         raise PrecisionError(f"train.dtype={name}: {torch.cuda.get_device_name(device)} has no native bf16; {fix}")
     try:
         probe(dtype, device)

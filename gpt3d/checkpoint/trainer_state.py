@@ -255,7 +255,7 @@ def check_compatible(ckpt: Checkpoint, cfg) -> None:
 def read_tensor(ckpt: Checkpoint, name: str, start, size) -> torch.Tensor:
     """A region of a checkpoint tensor as a torch tensor of its stored dtype (bf16 is stored as raw 16-bit words)."""
     t = torch.from_numpy(ckpt.read_region(name, start, size))
-    return t.view(torch.bfloat16) if ckpt._tensor(name)["dtype"] == "BF16" else t
+    return t.view(torch.bfloat16) if ckpt.tensors[name]["dtype"] == "BF16" else t
 
 
 def _fill_from_params(trainer, state, buf: torch.Tensor, region_of_param) -> None:

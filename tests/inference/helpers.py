@@ -13,8 +13,8 @@ PROMPTS = [[5, 7, 9, 11, 2], [3, 4], [50, 60, 70, 80, 90, 100, 1, 2, 3], [17], [
 NEW_TOKENS = 64
 
 
-def make_models(root: Path) -> tuple[Path, Path]:
-    """(gpt3d checkpoint, HF export of that checkpoint) under `root`, built once."""
+def make_models(root: Path, **shape) -> tuple[Path, Path]:
+    """(gpt3d checkpoint, HF export of that checkpoint) under `root`, built once (SHAPE, updated by `shape`)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gpt3d.cli import main
@@ -22,7 +22,7 @@ def make_models(root: Path) -> tuple[Path, Path]:
     if (export / "config.json").is_file():
         return ckpt, export
     torch.manual_seed(1234)
-    GPT2LMHeadModel(GPT2Config(**SHAPE)).save_pretrained(root / "random", safe_serialization=True)
+    GPT2LMHeadModel(GPT2Config(**{**SHAPE, **shape})).save_pretrained(root / "random", safe_serialization=True)
     assert main(["convert", str(root / "random"), str(ckpt), "--from", "hf", "--quiet"]) == 0
     assert main(["convert", str(ckpt), str(export), "--to", "hf", "--quiet"]) == 0
     return ckpt, export

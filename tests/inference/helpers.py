@@ -44,3 +44,17 @@ def hf_greedy(export: Path, prompts: list[list[int]], new_tokens: int) -> list[l
 def threads_one() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+def hf_scores(export: Path, pairs) -> list[tuple[float, bool]]:
+    """(sum log p(continuation | context), greedy) of each pair by a full forward of the HF model."""
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(export).eval()
+    out = []
+    with torch.no_grad():
+        for ctx, cont in pairs:
+            logp = torch.log_softmax(model(torch.tensor([list(ctx) + list(cont)])).logits[0].float(), -1)
+            pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
+            target = torch.tensor(cont)
+            out.append((logp[pos, target].sum().item(), bool((logp[pos].argmax(-1) == target).all())))
+    return out

@@ -54,6 +54,7 @@ class GradSynchronizer:
         self.distributed = distributed_optimizer
         self.buckets: list[list[Bucket]] = [self._build(chunk, bucket_mb) for chunk in chunks]
         self.sync_enabled = [False] * len(chunks)
+        self.weight_sync_enabled = [False] * len(chunks)
         self._bucket_of: dict[int, tuple[int, Bucket]] = {}
         for c, buckets in enumerate(self.buckets):
             for bucket in buckets:
@@ -101,9 +102,22 @@ class GradSynchronizer:
         """Called before the last micro-batch's backward of `chunk`: from now on, full buckets are reduced."""
         self.sync_enabled[chunk] = True
 
-    def _on_grad_ready(self, param: nn.Parameter) -> None:
+    def enable_weight_sync(self, chunk: int) -> None:
+        """Called before the last deferred weight-gradient pass (W) of `chunk`: weight gradients added from now on
+        are final, so a bucket is reduced when its last W is done."""
+        self.weight_sync_enabled[chunk] = True
+
+    def add_weight_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        """The one entry of deferred weight gradients (B/W split): accumulate into the parameter's bucket view and
+        notify the bucket, as the post-accumulate hook does for gradients autograd accumulates."""
+        param.grad.add_(grad.to(param.grad.dtype))
         chunk, bucket = self._bucket_of[id(param)]
-        if not self.sync_enabled[chunk]:
+        if self.overlap and not bucket.deferred:
+            self._on_grad_ready(param, self.weight_sync_enabled[chunk])
+
+    def _on_grad_ready(self, param: nn.Parameter, final: Optional[bool] = None) -> None:
+        chunk, bucket = self._bucket_of[id(param)]
+        if not (self.sync_enabled[chunk] if final is None else final):
             return
         bucket.ready.add(id(param))
         if len(bucket.ready) == len(bucket.params) and bucket.work is None:
@@ -147,6 +161,7 @@ class GradSynchronizer:
 
     def finish(self) -> None:
         """After backward: complete in-flight reductions, then the deferred ones (MP first, then DP)."""
+        self._sum_local_tied_copies()
         for buckets in self.buckets:
             for bucket in buckets:
                 if bucket.deferred:
@@ -156,6 +171,16 @@ class GradSynchronizer:
                     bucket.work = self._launch(bucket, async_op=False)
                 self._complete(bucket)
         self.sync_enabled = [False] * len(self.buckets)
+        self.weight_sync_enabled = [False] * len(self.buckets)
+
+    def _sum_local_tied_copies(self) -> None:
+        """ZB-V puts the embedding and the tied head copy on the same rank (first and last virtual stage): sum their
+        gradients here; the embedding group of that rank then has one member."""
+        tied = [p for b in self.all_buckets() for p in b.params if getattr(p, "embedding_sync", False)]
+        if len(tied) == 2:
+            total = tied[0].grad + tied[1].grad
+            for p in tied:
+                p.grad.copy_(total)
 
     def zero_grad(self) -> None:
         for buckets in self.buckets:

@@ -16,8 +16,6 @@ import torch.distributed as dist
 from gpt3d.config import load_config
 from gpt3d.launch.spawn import spawn
 from gpt3d.parallel.gather import gather_full
-from gpt3d.parallel.pipeline.runner import StageRunner
-from gpt3d.parallel.pipeline.schedules import SCHEDULES
 from gpt3d.train.runtime import init_runtime
 from gpt3d.train.trainer import Trainer
 
@@ -61,11 +59,9 @@ def reduced_gradients(trainer: Trainer, batch: np.ndarray) -> dict:
     inputs, labels = trainer.micro_batches(batch)
     for chunk in trainer.chunks:
         chunk.train()
-    runner = StageRunner(trainer.ctx, trainer.chunks, inputs, labels,
-                         trainer.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), trainer.sync.enable_sync,
-                         trainer.autocast, trainer.scaler.scale)
+    runner = trainer.make_runner(inputs, labels)
     trainer.sync.zero_grad()
-    SCHEDULES[trainer.schedule](runner)
+    runner.run(trainer.pipeline_schedule(len(inputs)))
     trainer.sync.finish()
     trainer.sync.gather_grads()
     grads = gather_full(trainer.ctx, trainer.chunks, "grad")

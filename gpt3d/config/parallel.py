@@ -35,6 +35,8 @@ class ParallelConfig:
             require(self.dp >= 1, "parallel.dp", f"must be >= 1, got {self.dp}")
         require(self.bucket_mb > 0, "parallel.bucket_mb", "must be positive")
         require(self.comm_timeout_s > 0, "parallel.comm_timeout_s", "must be positive")
+        require(self.schedule != "zbv" or self.pp > 1, "parallel.schedule",
+                "zbv needs pp > 1 (its V runs down and back up the pipeline ranks)")
         if self.schedule == "1f1b" and self.vp > 1:
             self.schedule = "interleaved"  # backward compatible: vp > 1 has always meant interleaved 1F1B
         if self.schedule == "zbv" and self.vp == 1:
@@ -47,7 +49,6 @@ class ParallelConfig:
                 "interleaved needs vp > 1 model chunks per rank; set parallel.vp")
         require(self.schedule != "zbv" or self.vp == 2, "parallel.vp",
                 f"schedule zbv runs exactly 2 model chunks per rank, got vp={self.vp}; leave vp at 1 or set 2")
-        require(self.schedule != "zbv" or self.pp > 1, "parallel.schedule", "zbv needs pp > 1")
         if self.pipeline_split is not None:
             require(len(self.pipeline_split) == self.pp * self.vp, "parallel.pipeline_split",
                     f"has {len(self.pipeline_split)} entries; needs pp*vp = {self.pp * self.vp}")

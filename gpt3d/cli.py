@@ -34,6 +34,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                     *lazy("gpt3d.checkpoint.inspect")),
         "profile": ("profile time, FLOPs, MFU and memory per layer, stage and communication group",
                     *lazy("gpt3d.profiler.cli")),
+        "schedule": ("simulate pipeline schedules (gpipe, 1f1b, interleaved, zbh1, zbv): bubble, memory, Gantt chart",
+                     *lazy("gpt3d.parallel.pipeline.command")),
         "presets": ("list the model presets with their parameter counts", *lazy("gpt3d.config.show")),
     }
 

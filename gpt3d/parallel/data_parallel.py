@@ -117,6 +117,8 @@ class GradSynchronizer:
 
     def _on_grad_ready(self, param: nn.Parameter, final: Optional[bool] = None) -> None:
         chunk, bucket = self._bucket_of[id(param)]
+        if final is None and getattr(param, "deferred_weight_grad", False):
+            return  # autograd runs its (empty) accumulation in B; the gradient arrives through add_weight_grad
         if not (self.sync_enabled[chunk] if final is None else final):
             return
         bucket.ready.add(id(param))

@@ -203,6 +203,7 @@ def attach_weight_grad_store(chunks: list[nn.Module], store: Optional[WeightGrad
         for module in chunk.modules():
             if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
                 module.weight_grad_store = store
+                module.weight.deferred_weight_grad = store is not None  # its gradient comes through the store
                 count += 1
     return count
 

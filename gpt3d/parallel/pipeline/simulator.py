@@ -195,3 +195,30 @@ def _check_match(schedule: Schedule, key: tuple, send: Action, recv: Action) -> 
     if send.mb != recv.mb or r_stage != s_stage + step:
         raise DeadlockError(f"out of order: rank {src} {send} (stage {s_stage}) meets rank {dst} {recv} "
                             f"(stage {r_stage})")
+
+
+def stage_costs_from_events(events_per_rank: list[list[tuple]], vp: int) -> dict:
+    """Mean measured cost of F, B and W for a FULL stage (a chunk's mean times vp), from StageRunner events
+    (kind, chunk, mb, start, end) of every rank: what `gpt3d profile` writes as `schedule_costs`. When the profiled
+    schedule did not split the backward, B holds both halves; it is split evenly (a linear's input- and
+    weight-gradient GEMMs have equal FLOPs) and `weight_split_measured` is False."""
+    durations: dict[str, list[float]] = {"F": [], "B": [], "W": []}
+    for events in events_per_rank:
+        for kind, _, _, start, end in events:
+            durations[kind].append(end - start)
+
+    def mean(kind: str) -> float:
+        values = durations[kind]
+        return vp * sum(values) / len(values) if values else 0.0
+
+    measured = bool(durations["W"])
+    backward = mean("B")
+    return {"forward_s": mean("F"),
+            "backward_input_s": backward if measured else backward / 2,
+            "backward_weight_s": mean("W") if measured else backward / 2,
+            "weight_split_measured": measured}
+
+
+def costs_from_stage_costs(stage_costs: dict, vp: int, comm: float = 0.0) -> Costs:
+    return Costs.per_stage(stage_costs["forward_s"], stage_costs["backward_input_s"],
+                           stage_costs["backward_weight_s"], vp, comm)

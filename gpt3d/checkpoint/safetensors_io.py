@@ -113,10 +113,18 @@ class SafetensorsReader:
             header = json.loads(self._file.read(n))
         except ValueError:
             raise self._bad("header is not valid JSON: corrupted") from None
+        if not isinstance(header, dict):
+            raise self._bad("header is not a JSON object: corrupted")
         self.metadata = header.pop("__metadata__", {}) or {}
         self.data_start = 8 + n
         self.tensors: dict[str, dict] = header
-        end = max((t["data_offsets"][1] for t in header.values()), default=0)
+        end = 0
+        for name, t in sorted(header.items(), key=lambda kv: _offsets(kv[1])):
+            lo, hi = _offsets(t)
+            if t.get("dtype") not in STORAGE or not _is_shape(t.get("shape")) or lo < end or \
+                    hi - lo != nbytes_of(t["dtype"], t["shape"]):
+                raise self._bad(f"header entry {name!r} ({t}) is not a tensor of its own bytes: corrupted")
+            end = hi
         if self.data_start + end > size:
             raise self._bad(f"tensor data ends at byte {self.data_start + end} but the file has {size}: truncated")
 
@@ -158,6 +166,17 @@ class SafetensorsReader:
         dtype, shape, start = self._info(name)
         out = np.empty(hi - lo, dtype) if out is None else out
         return self._read_into(out, start + lo * dtype.itemsize)
+
+
+def _offsets(entry) -> tuple[int, int]:
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+        return (-1, -1)
+    return offsets[0], offsets[1]
+
+
+def _is_shape(shape) -> bool:
+    return isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="auto|none|PATH",
                         help="auto (default): continue from the run directory's newest complete checkpoint; none: "
                              "start fresh; PATH: a checkpoint or run directory, in any layout (checkpoint.resume)")
+    parser.add_argument("--reset-optimizer", action="store_true",
+                        help="resume from a checkpoint that lacks Adam moments, starting them fresh "
+                             "(checkpoint.reset_optimizer)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -46,6 +49,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cfg.checkpoint.save_interval = args.save_interval
     if getattr(args, "resume", None) is not None:
         cfg.checkpoint.resume = args.resume
+    if getattr(args, "reset_optimizer", False):
+        cfg.checkpoint.reset_optimizer = True
     cfg.checkpoint.__post_init__()
     return cfg
 

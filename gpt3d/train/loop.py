@@ -70,7 +70,7 @@ def resume(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> int:
         return 0
     summary = load_into_trainer(trainer, Checkpoint(path))
     if trainer.ctx.rank == 0:
-        moments = "with optimizer state" if summary["optimizer"] else "without optimizer state (fresh Adam moments)"
+        moments = "with optimizer state" if summary["optimizer"] else "with fresh Adam moments (step count 0)"
         rng = "" if summary["rng"] else "; new layout: dropout RNG streams re-seeded"
         print(f"gpt3d: resumed from {path} at step {summary['step']} {moments}{rng}", flush=True)
     return summary["step"]

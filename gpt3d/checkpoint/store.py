@@ -119,14 +119,14 @@ def commit(tmp: Path, root: Path, step: int, keep_last: int) -> Path:
     os.replace(pointer_tmp, root / LATEST)
     fsync_dir(root)
     _crash_point("pointer")
-    _delete(aside)
+    delete_checkpoint(aside)
     _crash_point("delete")
     for _, old in complete_checkpoints(root)[:-keep_last]:
-        _delete(old)
+        delete_checkpoint(old)
     return final
 
 
-def _delete(path: Path) -> None:
+def delete_checkpoint(path: Path) -> None:
     """Remove a checkpoint directory: renamed to `.deleting-` first, so a crash half way never leaves a directory
     that still looks complete."""
     if not path.exists():
@@ -145,7 +145,7 @@ def prepare_tmp(root: Path, step: int) -> Path:
     for aside in root.glob(REPLACED + "step_*"):  # a crash while a step was saved again
         final = root / aside.name[len(REPLACED):]
         if final.exists():
-            _delete(aside)
+            delete_checkpoint(aside)
         else:
             os.rename(aside, final)  # the swap never happened: the old copy is that step's checkpoint
     tmp = tmp_dir_for(root, step)

@@ -76,6 +76,19 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume_step: Optional[int] =
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def drop_newer_checkpoints(run_dir: Path, step: int, overwrite: bool) -> None:
+    """Resuming at `step` a run that has newer checkpoints replaces its later history (the next saves and the
+    auto-resume after them would mix both): only with --overwrite, which then drops them first."""
+    from gpt3d.checkpoint.store import complete_checkpoints, delete_checkpoint
+    newer = [path for s, path in complete_checkpoints(run_dir / CHECKPOINTS) if s > step]
+    if newer and not overwrite:
+        raise ConfigError(f"--resume: the checkpoint is at step {step} but {run_dir} has newer checkpoints "
+                          f"({', '.join(p.name for p in newer)}); pass --overwrite to continue from step {step} and "
+                          f"drop them (and the metrics after step {step}), or choose another --out to branch the run")
+    for path in newer:
+        delete_checkpoint(path)
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the records of steps <= `step` (atomically: a crash here loses nothing)."""
     if not path.exists():
@@ -132,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
             if checkpoint is not None:
                 from gpt3d.checkpoint import Checkpoint
                 resume_step = Checkpoint(checkpoint).step
+                drop_newer_checkpoints(run_dir, resume_step, args.overwrite)
                 cfg.checkpoint.resume = str(checkpoint)  # every rank loads exactly the checkpoint checked here
             prepare_run_dir(run_dir, args.overwrite, resume_step)
         elif args.overwrite and cfg.checkpoint.resume == "auto":

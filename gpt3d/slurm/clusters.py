@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import yaml
 
-from gpt3d.config.base import ConfigError, field, from_dict, require
+from gpt3d.config.base import ConfigError, field, from_dict, load_yaml, require
 from gpt3d.config.run import REPO_CONFIGS
 from gpt3d.planner.hardware import GPUS
 
@@ -48,7 +49,7 @@ def load_cluster(name_or_path: str | os.PathLike) -> ClusterConfig:
         raise ConfigError(f"cluster: no preset {str(name_or_path)!r}; known: {', '.join(known_clusters())} "
                           f"(or pass a YAML path shaped like configs/clusters/a100-80gb.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cluster {path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):

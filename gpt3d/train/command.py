@@ -170,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpt3d: starting {world_size} local ranks (tp={cfg.parallel.tp} pp={cfg.parallel.pp} "
               f"dp={world_size // (cfg.parallel.tp * cfg.parallel.pp)} vp={cfg.parallel.vp})", flush=True)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        spawn(_spawned_rank, world_size, cfg, str(run_dir))
+        from gpt3d.launch.spawn import RankFailed
+        try:
+            spawn(_spawned_rank, world_size, cfg, str(run_dir))
+        except RankFailed as exc:  # a dead rank is one line, not the launcher's traceback
+            print(f"gpt3d train: error: {exc}", file=sys.stderr)
+            return exc.exit_status
     print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)")
     return 0

@@ -135,9 +135,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             dp = cfg.parallel.dp or 1
             world_size = cfg.parallel.tp * cfg.parallel.pp * dp
-        check_layout(cfg, world_size)
+        layout, num_micro = check_layout(cfg, world_size)
         run_dir = Path(args.out) if args.out else default_run_dir(args.config)
         if launch is None or launch.rank == 0:
+            from .machine_fit import check_machine_fits
+            check_machine_fits(cfg, layout, num_micro, world_size if launch is None else launch.local_world_size)
             checkpoint = checkpoint_to_resume(cfg, run_dir, args.overwrite)
             if checkpoint is None and cfg.checkpoint.resume == "auto":
                 cfg.checkpoint.resume = "none"  # --overwrite: do not pick up the checkpoints about to be removed

@@ -282,8 +282,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         out = convert(args)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, ValueError) as exc:
         print(f"gpt3d convert: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only destination: the partial .tmp directory is already removed
+        from gpt3d.oserror import os_error_line
+        print(f"gpt3d convert: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     print(f"gpt3d convert: wrote {out} ({args.to_format}) in {time.perf_counter() - start:.1f}s")
     return 0

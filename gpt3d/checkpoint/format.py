@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from .errors import CheckpointError
-from .safetensors_io import STORAGE, SafetensorsReader, SafetensorsWriter, file_sha256
+from .safetensors_io import STORAGE, SafetensorsReader, SafetensorsWriter, file_sha256, with_path
 
 FORMAT = "gpt3d-checkpoint"
 VERSION = 1
@@ -364,8 +364,11 @@ def merge_tensors(into: dict, tensors: dict) -> None:
 def write_metadata(directory: Path, meta: dict) -> None:
     meta = {"format": FORMAT, "version": VERSION, **meta}
     meta[META_SHA] = metadata_digest(meta)
-    with open(directory / METADATA, "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(directory / METADATA, "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise with_path(exc, directory / METADATA) from None
     fsync_dir(directory)

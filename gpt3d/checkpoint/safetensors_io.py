@@ -66,7 +66,10 @@ class SafetensorsWriter:
         self.size = 8 + len(raw) + offset
 
     def _put(self, data) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:  # name the file: a bare write error (disk full) carries no path
+            raise with_path(exc, self.path) from None
         self._hash.update(data)
 
     def write(self, name: str, array: np.ndarray) -> None:
@@ -84,13 +87,19 @@ class SafetensorsWriter:
             missing = [e[0] for e in self._expected[self._next:]]
             self._file.close()
             raise CheckpointError(f"{self.path}: closed before writing {missing[:3]}...")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            raise with_path(exc, self.path) from None
         return self._hash.hexdigest(), self.size
 
     def abort(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()  # flushing what is buffered can fail again on a full disk
+        except OSError:
+            pass
 
 
 class SafetensorsReader:
@@ -177,6 +186,13 @@ def _offsets(entry) -> tuple[int, int]:
 
 def _is_shape(shape) -> bool:
     return isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
+
+
+def with_path(exc: OSError, path) -> OSError:
+    """The same error, naming `path` when it names none."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -138,10 +138,16 @@ def delete_checkpoint(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def remove_partial_saves(root: Path) -> None:
+    """Remove interrupted saves and deletions (never complete, never pointed to)."""
+    if root.is_dir():
+        for stale in (*root.glob(".tmp-step_*"), *root.glob(DELETING + "*")):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def prepare_tmp(root: Path, step: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    for stale in (*root.glob(".tmp-step_*"), *root.glob(DELETING + "*")):  # interrupted saves and deletions
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_partial_saves(root)
     for aside in root.glob(REPLACED + "step_*"):  # a crash while a step was saved again
         final = root / aside.name[len(REPLACED):]
         if final.exists():

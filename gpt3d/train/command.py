@@ -89,6 +89,16 @@ def drop_newer_checkpoints(run_dir: Path, step: int, overwrite: bool) -> None:
         delete_checkpoint(path)
 
 
+def check_writable(run_dir: Path) -> None:
+    """Create the run directory and write a probe file in it, so a read-only or missing --out is one line before any
+    rank starts (raises the OSError)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    probe = run_dir / f".gpt3d-write-probe-{os.getpid()}"
+    with open(probe, "w") as fh:
+        fh.write("ok")
+    probe.unlink()
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the records of steps <= `step` (atomically: a crash here loses nothing)."""
     if not path.exists():
@@ -150,12 +160,17 @@ def run(args: argparse.Namespace) -> int:
                 drop_newer_checkpoints(run_dir, resume_step, args.overwrite)
                 cfg.checkpoint.resume = str(checkpoint)  # every rank loads exactly the checkpoint checked here
             prepare_run_dir(run_dir, args.overwrite, resume_step)
+            check_writable(run_dir)
         elif args.overwrite and cfg.checkpoint.resume == "auto":
             cfg.checkpoint.resume = "none"  # rank 0 removes the old checkpoints
         if launch is None:
             build_data(cfg)  # data errors surface here, before any rank starts; builds the default corpus once
-    except (ConfigError, LayoutError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, LayoutError, ValueError) as exc:
         print(f"gpt3d train: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from gpt3d.oserror import os_error_line
+        print(f"gpt3d train: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
 
     if launch is not None:

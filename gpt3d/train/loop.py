@@ -53,6 +53,13 @@ def train_rank(cfg: RunConfig, run_dir: str, rank: int, world_size: int, local_r
     handler = PreemptionHandler().install()  # SIGUSR1 / SIGTERM: finish the step, save, requeue, exit 0
     try:
         return _train(cfg, run_dir, rt, handler)
+    except OSError as exc:  # disk full, read-only run directory: one line, and no partial checkpoint left behind
+        from gpt3d.checkpoint.store import CHECKPOINTS, remove_partial_saves
+        from gpt3d.oserror import os_error_line
+        if rank == 0:
+            remove_partial_saves(run_dir / CHECKPOINTS)
+        print(f"gpt3d train: error: {os_error_line(exc)} (rank {rank})", file=sys.stderr, flush=True)
+        os._exit(1)
     except Exception as exc:  # noqa: BLE001 - report where, then exit without hanging in teardown
         report_failure(ctx, exc)
         traceback.print_exc()

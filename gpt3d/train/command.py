@@ -89,6 +89,13 @@ def drop_newer_checkpoints(run_dir: Path, step: int, overwrite: bool) -> None:
         delete_checkpoint(path)
 
 
+def written(run_dir: Path) -> str:
+    """What the run wrote, as it is on disk (TensorBoard only when train.tensorboard was on)."""
+    names = [n + ("/" if (run_dir / n).is_dir() else "") for n in ("metrics.jsonl", "config.yaml", "tensorboard",
+                                                                  CHECKPOINTS) if (run_dir / n).exists()]
+    return ", ".join(names) or "nothing written"
+
+
 def check_writable(run_dir: Path) -> None:
     """Create the run directory and write a probe file in it, so a read-only or missing --out is one line before any
     rank starts (raises the OSError)."""
@@ -135,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt3d.parallel.context import LayoutError
 
     from .loop import build_data, train_rank
+    from .precision import compute_dtype, require_dtype_runs
     from .runtime import check_layout
 
     try:
@@ -146,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
             dp = cfg.parallel.dp or 1
             world_size = cfg.parallel.tp * cfg.parallel.pp * dp
         layout, num_micro = check_layout(cfg, world_size)
+        import torch
+        if cfg.train.device == "cpu" or not torch.cuda.is_available():  # GPUs: each rank checks its own (Trainer)
+            require_dtype_runs(cfg.train.dtype, compute_dtype(cfg.train.dtype), torch.device("cpu"))
         run_dir = Path(args.out) if args.out else default_run_dir(args.config)
         if launch is None or launch.rank == 0:
             from .machine_fit import check_machine_fits
@@ -177,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         export_torch_env(launch)
         train_rank(cfg, str(run_dir), launch.rank, launch.world_size, launch.local_rank, launch.local_world_size)
         if launch.rank == 0:
-            print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)", flush=True)
+            print(f"gpt3d: run directory {run_dir} ({written(run_dir)})", flush=True)
         from gpt3d.launch.spawn import leave_job
         leave_job()
     elif world_size == 1:
@@ -193,5 +204,5 @@ def run(args: argparse.Namespace) -> int:
         except RankFailed as exc:  # a dead rank is one line, not the launcher's traceback
             print(f"gpt3d train: error: {exc}", file=sys.stderr)
             return exc.exit_status
-    print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)")
+    print(f"gpt3d: run directory {run_dir} ({written(run_dir)})")
     return 0

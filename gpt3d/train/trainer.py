@@ -1,7 +1,6 @@
 """One rank's share of training: model chunks, gradient sync, optimizer, and the step that runs the schedule."""
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from gpt3d.parallel.random import seed_everything
 from gpt3d.parallel.tensor import attach_weight_grad_store
 from gpt3d.parallel.weight_grad import WeightGradStore
 
+from .precision import compute_dtype, require_dtype_runs
 from .runtime import Runtime
 
 
@@ -38,10 +38,12 @@ class StepResult:
 class Trainer:
     def __init__(self, cfg: RunConfig, runtime: Runtime):
         self.cfg, self.rt, self.ctx = cfg, runtime, runtime.ctx
+        self.dtype = compute_dtype(cfg.train.dtype)
+        require_dtype_runs(cfg.train.dtype, self.dtype, self.ctx.device)
         self.tracker = seed_everything(cfg.train.seed, self.ctx.tp_rank, self.ctx.pp_rank, self.ctx.device)
         self.chunks = build_model_chunks(cfg.model, cfg.parallel, self.ctx, cfg.train.seed, self.tracker)
         self.sync = GradSynchronizer(self.ctx, self.chunks, cfg.parallel.bucket_mb, cfg.parallel.overlap_grad_reduce,
-                                     cfg.parallel.distributed_optimizer)
+                                     cfg.parallel.distributed_optimizer, self.dtype)
         self.optimizer = ShardedAdamW(self.ctx, self.sync, cfg.optim)
         self.scaler = DynamicLossScaler(cfg.optim.initial_loss_scale, cfg.optim.loss_scale_window,
                                         enabled=cfg.train.dtype == "fp16")
@@ -55,16 +57,10 @@ class Trainer:
         self.last_runner: StageRunner | None = None
 
     # -- helpers --------------------------------------------------------------------------------------------------
-    def autocast(self):
-        dtype = self.cfg.train.dtype
-        if dtype == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-
     def p2p_shape(self, micro_batch: int, seq_len: int) -> P2PShape:
         tp = self.ctx.layout.tp
         local_seq = seq_len // tp if self.cfg.parallel.sequence_parallel else seq_len
-        return P2PShape((micro_batch, local_seq, self.cfg.model.d_model), torch.float32)
+        return P2PShape((micro_batch, local_seq, self.cfg.model.d_model), self.dtype)  # activations' own dtype
 
     def pipeline_schedule(self, num_micro: int, training: bool = True) -> Schedule:
         """Every rank's action list for `num_micro` micro-batches (built once per count)."""
@@ -78,9 +74,9 @@ class Trainer:
     def make_runner(self, inputs: list[torch.Tensor], labels: list[torch.Tensor], training: bool = True):
         spec = self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1])
         if not training:
-            return StageRunner(self.ctx, self.chunks, inputs, labels, spec, lambda c: None, self.autocast)
-        return StageRunner(self.ctx, self.chunks, inputs, labels, spec, self.sync.enable_sync, self.autocast,
-                           self.scaler.scale, self.weight_grads, self.sync.enable_weight_sync)
+            return StageRunner(self.ctx, self.chunks, inputs, labels, spec, lambda c: None)
+        return StageRunner(self.ctx, self.chunks, inputs, labels, spec, self.sync.enable_sync, self.scaler.scale,
+                           self.weight_grads, self.sync.enable_weight_sync)
 
     def micro_batches(self, samples: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """This DP rank's slice of the global batch [G, s+1], cut into micro-batches of (inputs, labels)."""

@@ -25,7 +25,6 @@ from .p2p import P2PShape, Transfer
 class StageRunner:
     def __init__(self, ctx: ParallelContext, chunks: list[torch.nn.Module], inputs: list[torch.Tensor],
                  labels: list[torch.Tensor], spec: P2PShape, on_last_backward: Callable[[int], None],
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                  loss_scale: float = 1.0, weight_grads: Optional[WeightGradStore] = None,
                  on_last_weight: Callable[[int], None] = lambda chunk: None):
         self.ctx = ctx
@@ -34,7 +33,6 @@ class StageRunner:
         self.num_micro = len(labels) if labels else len(inputs)
         self.spec = spec
         self.on_last_backward, self.on_last_weight = on_last_backward, on_last_weight
-        self.autocast = autocast
         self.loss_scale = loss_scale
         self.weight_grads = weight_grads
         self.saved: dict[tuple[int, int], tuple[Optional[torch.Tensor], torch.Tensor]] = {}
@@ -114,13 +112,12 @@ class StageRunner:
         start = time.perf_counter()
         model = self.chunks[chunk]
         last = self.is_last_virtual(chunk)
-        with self.autocast():
-            if self.is_first_virtual(chunk):
-                stage_input = None
-                out = model(self.inputs[mb], self.labels[mb] if last else None)
-            else:
-                stage_input = self.activations.pop((chunk, mb))
-                out = model(stage_input, self.labels[mb] if last else None)
+        if self.is_first_virtual(chunk):
+            stage_input = None
+            out = model(self.inputs[mb], self.labels[mb] if last else None)
+        else:
+            stage_input = self.activations.pop((chunk, mb))
+            out = model(stage_input, self.labels[mb] if last else None)
         if last:
             self.losses.append(out.detach())
             out = out.float() * (self.loss_scale / self.num_micro)

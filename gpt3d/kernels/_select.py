@@ -19,15 +19,16 @@ from gpt3d.kernels import _ext
 IMPLS = ("auto", "fused", "reference")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
-_BOTH = (torch.float32, torch.bfloat16)
-_VECTOR_PATH_WINS = {"layer_norm": _BOTH, "add_layer_norm": _BOTH, "scaled_masked_softmax": _BOTH,
-                     "scaled_causal_softmax": _BOTH}
+_F32, _BF16 = (torch.float32,), (torch.bfloat16,)
+_BOTH = _F32 + _BF16
+# Measured 2026-11-30 on an Intel Xeon (AVX-512, AVX512-BF16) with one thread, each path against torch at the matching
+# ATEN_CPU_CAPABILITY, LayerNorm 256x1024, softmax 2x128x512 (docs/benchmarks.md): a pair is listed when the fused
+# forward and forward+backward were both faster than eager. Re-measure on a new CPU family with benchmarks/kernels.py.
 AUTO_FUSED_ON_CPU: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
-    "avx512": _VECTOR_PATH_WINS,
-    "avx2": _VECTOR_PATH_WINS,
-    # One lane per step: slower than torch's vectorised eager ops (the AMD EPYC numbers, reproduced here
-    # against torch at ATEN_CPU_CAPABILITY=default), except the softmaxes, whose single pass still wins.
-    "portable": {},
+    "avx512": {"layer_norm": _BF16, "add_layer_norm": _BOTH, "scaled_masked_softmax": _BOTH,
+               "scaled_causal_softmax": _BOTH},
+    "avx2": {"scaled_masked_softmax": _BOTH, "scaled_causal_softmax": _BOTH},
+    "portable": {"add_layer_norm": _F32, "scaled_masked_softmax": _BOTH, "scaled_causal_softmax": _BOTH},
 }
 _process_isa: list[str] = []  # the CPU path auto decides for, computed once
 

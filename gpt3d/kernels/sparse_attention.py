@@ -2,7 +2,7 @@
 
     out = block_sparse_attention(q, k, v, layout, block)       # q, k, v [batch, heads, seq, d_head]
 
-`layout` is a bool [heads, seq/block, seq/block] block layout (gpt3d.model.sparsity.make_layout) or its
+`layout` is a bool [heads, seq/block, seq/block] block layout (gpt3d.sparse.layout.make_layout) or its
 `compile_layout(layout)` form. The fused path (csrc/sparse_attention) visits only the key blocks of each query block
 with an online softmax and never builds the seq x seq score matrix; it needs the compact layout (CSR by query-block
 row for the forward, CSC by key-block column for the backward), which `compile_layout` builds once per layout and caches.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt3d.kernels import _ext
-from gpt3d.model.sparsity import check_layout, expand_layout_to_mask
+from gpt3d.sparse.layout import check_layout, expand_layout_to_mask
 
 __all__ = ["block_sparse_attention", "block_sparse_attention_reference", "compile_layout", "CompiledLayout"]
 
@@ -74,7 +74,7 @@ def compile_layout(layout: torch.Tensor, block: int, device: torch.device | str 
     if not isinstance(layout, torch.Tensor) or layout.dtype != torch.bool or layout.dim() != 3:
         raise ValueError(f"layout must be a torch.bool tensor [heads, nb, nb], got "
                          f"{getattr(layout, 'dtype', type(layout).__name__)} {tuple(getattr(layout, 'shape', ()))}; "
-                         f"build it with gpt3d.model.sparsity.make_layout()")
+                         f"build it with gpt3d.sparse.layout.make_layout()")
     lay = layout.detach().cpu().contiguous()
     device = torch.device(device)
     key = (tuple(lay.shape), block, str(device), hashlib.sha1(lay.numpy().tobytes()).hexdigest())

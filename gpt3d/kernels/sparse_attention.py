@@ -25,7 +25,7 @@ from gpt3d.sparse.layout import check_layout, expand_layout_to_mask
 
 __all__ = ["block_sparse_attention", "block_sparse_attention_reference", "compile_layout", "CompiledLayout"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+_SUPPORTED_DTYPES = {"cpu": (torch.float32, torch.bfloat16), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 _OP_NAME = "sparse_attention_forward"
 
 
@@ -102,8 +102,9 @@ def _check_inputs(q, k, v, layout, block) -> None:
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"block_sparse_attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}; they must all be [batch, heads, seq, d_head]")
-    if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"block_sparse_attention: dtype must be float32 or bfloat16 (one for q, k, v), got "
+    if q.dtype not in _SUPPORTED_DTYPES.get(q.device.type, ()) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"block_sparse_attention: dtype must be float32 or bfloat16, or float16 on CUDA (one for q, "
+                        f"k, v), got "
                         f"{q.dtype}, {k.dtype}, {v.dtype}; cast with .float() or .bfloat16()")
     if block not in (16, 32, 64):
         raise ValueError(f"block_sparse_attention: block must be 16, 32 or 64, got {block}")
@@ -196,7 +197,7 @@ def _fused_available(device_type: str) -> bool:
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, block: int,
                            scale: float | None = None, impl: str = "fused") -> torch.Tensor:
-    """Causal block-sparse attention. q, k, v: [batch, heads, seq, d_head] float32 or bfloat16, any strides.
+    """Causal block-sparse attention. q, k, v: [batch, heads, seq, d_head] float32 or bfloat16 (or float16 on CUDA).
 
     layout: bool [heads, seq/block, seq/block] (lower-block-triangular with the diagonal) or a CompiledLayout.
     scale: score scale, default 1/sqrt(d_head). impl: "fused" (the C++/CUDA kernel; the reference with a one-time

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
+from gpt3d.config.divisibility import layout_rules_broken
 from gpt3d.config.model import ModelConfig
 
 RECOMPUTE_MODES = ("none", "selective", "full")
@@ -75,26 +76,24 @@ def divisibility_problems(model: ModelConfig, layout: Layout, num_gpus: int, glo
     t, p, d, v = layout.tp, layout.pp, layout.dp, layout.vp
     if t * p * d != num_gpus:
         out.append(Problem("tp*pp*dp != GPUs", f"tp{t}*pp{p}*dp{d} = {t * p * d} GPUs, not the {num_gpus} given"))
-    if model.n_heads % t:
-        out.append(Problem("tp does not divide n_heads", f"tp{t} does not divide n_heads={model.n_heads}"))
-    if model.d_ff % t:
-        out.append(Problem("tp does not divide d_ff", f"tp{t} does not divide d_ff={model.d_ff}"))
-    if model.padded_vocab_size % t:
-        out.append(Problem("tp does not divide the vocabulary",
-                           f"tp{t} does not divide the padded vocabulary {model.padded_vocab_size}"))
-    if check_layers and model.n_layers % (p * v):
-        out.append(Problem("pp*vp does not divide n_layers",
-                           f"pp{p}*vp{v} = {p * v} stages do not divide n_layers={model.n_layers}"))
+    micro = layout.micro_batch
+    problems = {
+        "n_heads": Problem("tp does not divide n_heads", f"tp{t} does not divide n_heads={model.n_heads}"),
+        "d_ff": Problem("tp does not divide d_ff", f"tp{t} does not divide d_ff={model.d_ff}"),
+        "padded_vocab": Problem("tp does not divide the vocabulary",
+                                f"tp{t} does not divide the padded vocabulary {model.padded_vocab_size}"),
+        "n_layers": Problem("pp*vp does not divide n_layers",
+                            f"pp{p}*vp{v} = {p * v} stages do not divide n_layers={model.n_layers}"),
+        "global_batch": Problem("micro_batch*dp does not divide the global batch",
+                                f"global batch {global_batch} is not a multiple of micro_batch {micro} * dp{d} = "
+                                f"{micro * d}"),
+        "micro_batches": Problem("interleaving needs micro-batches % pp == 0",
+                                 f"interleaving (vp{v}) needs the {global_batch // (micro * d)} micro-batches per "
+                                 f"step to be a multiple of pp{p}"),
+        "seq_len": Problem("tp does not divide seq_len", f"sequence parallel: tp{t} does not divide seq_len={seq_len}"),
+    }
+    out += [problems[rule] for rule in layout_rules_broken(model, t, p, v, d, seq_len, layout.sequence_parallel,
+                                                           not check_layers, global_batch, micro)]
     if v > 1 and p == 1:
         out.append(Problem("vp without pp", f"vp{v} needs pp > 1"))
-    if global_batch % (layout.micro_batch * d):
-        out.append(Problem("micro_batch*dp does not divide the global batch",
-                           f"global batch {global_batch} is not a multiple of micro_batch {layout.micro_batch} * "
-                           f"dp{d} = {layout.micro_batch * d}"))
-    elif v > 1 and layout.num_microbatches(global_batch) % p:
-        out.append(Problem("interleaving needs micro-batches % pp == 0",
-                           f"interleaving (vp{v}) needs the {layout.num_microbatches(global_batch)} micro-batches "
-                           f"per step to be a multiple of pp{p}"))
-    if layout.sequence_parallel and seq_len % t:
-        out.append(Problem("tp does not divide seq_len", f"sequence parallel: tp{t} does not divide seq_len={seq_len}"))
     return out

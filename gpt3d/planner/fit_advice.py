@@ -74,7 +74,7 @@ def no_layout_message(result, options) -> str:
     return "\n".join(lines)
 
 
-def _suggestions(model: ModelConfig, layout: Layout, num_gpus: int, global_batch: int, seq_len: int, dtype: str,
+def suggestions(model: ModelConfig, layout: Layout, num_gpus: int, global_batch: int, seq_len: int, dtype: str,
                  gpu: GPUSpec, gpus_per_node: int) -> list[str]:
     """Single changes to `layout` that make it fit, with the memory each needs."""
     out = []
@@ -110,8 +110,9 @@ def _suggestions(model: ModelConfig, layout: Layout, num_gpus: int, global_batch
     return out
 
 
-def check_run_fits(run, gpu_name: str, num_gpus: int, gpus_per_node: int = 8) -> MemoryBreakdown:
-    """See memory.check_fits."""
+def check_fits(run, gpu_name: str, num_gpus: int, gpus_per_node: int = 8) -> MemoryBreakdown:
+    """Memory of `run`'s layout on `num_gpus` GPUs of type `gpu_name`; LayoutError (with the numbers and what would
+    fit) when the layout does not divide or does not fit. Called before submitting a job."""
     try:
         gpu = get_gpu(gpu_name)
     except ValueError as exc:
@@ -144,7 +145,7 @@ def check_run_fits(run, gpu_name: str, num_gpus: int, gpus_per_node: int = 8) ->
     memory = _memory(model, layout, train.global_batch_size, seq_len, train.dtype)
     capacity = usable_bytes(gpu)
     if memory.total > capacity:
-        fixes = _suggestions(model, layout, num_gpus, train.global_batch_size, seq_len, train.dtype, gpu,
+        fixes = suggestions(model, layout, num_gpus, train.global_batch_size, seq_len, train.dtype, gpu,
                              gpus_per_node)
         if fixes:
             advice = "try " + " or ".join(fixes)

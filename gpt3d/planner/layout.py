@@ -98,3 +98,40 @@ def divisibility_problems(model: ModelConfig, layout: Layout, num_gpus: int, glo
     if layout.sequence_parallel and seq_len % t:
         out.append(Problem("tp does not divide seq_len", f"sequence parallel: tp{t} does not divide seq_len={seq_len}"))
     return out
+
+
+LAYOUT_KEYS = {"tp": "tp", "pp": "pp", "dp": "dp", "vp": "vp", "mb": "micro_batch", "sp": "sequence_parallel",
+               "recompute": "recompute", "dopt": "distributed_optimizer", "schedule": "schedule"}
+"""`--layout` keys and the Layout field each sets."""
+_BOOL_TEXT = {"0": False, "1": True, "false": False, "true": True, "off": False, "on": True}
+
+
+def parse_layout(text: str, num_gpus: int, defaults: Layout) -> Layout:
+    """`tp=8,pp=12,dp=4,vp=1,mb=1,sp=0,recompute=full` -> Layout. Keys not given keep `defaults` (the config's);
+    dp defaults to num_gpus / (tp * pp). One ValueError naming the bad part and the expected form."""
+    form = "expected comma-separated KEY=VALUE with keys " + ", ".join(LAYOUT_KEYS) + \
+        " (e.g. tp=8,pp=12,dp=4,vp=1,mb=1,sp=0,recompute=full)"
+    values: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or key not in LAYOUT_KEYS or not value:
+            raise ValueError(f"--layout {text!r}: bad part {part.strip()!r}; {form}")
+        if key in values:
+            raise ValueError(f"--layout {text!r}: {key} given twice")
+        field_name = LAYOUT_KEYS[key]
+        if field_name in ("sequence_parallel", "distributed_optimizer"):
+            if value.lower() not in _BOOL_TEXT:
+                raise ValueError(f"--layout {text!r}: {key}={value} must be 0 or 1")
+            values[field_name] = _BOOL_TEXT[value.lower()]
+        elif field_name in ("recompute", "schedule"):
+            values[field_name] = value
+        else:
+            try:
+                values[field_name] = int(value)
+            except ValueError:
+                raise ValueError(f"--layout {text!r}: {key}={value} must be an integer") from None
+    merged = {**defaults.to_dict(), **values}
+    if "dp" not in values:
+        replica = merged["tp"] * merged["pp"]
+        merged["dp"] = max(1, num_gpus // replica)
+    return Layout(**merged)

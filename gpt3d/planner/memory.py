@@ -146,10 +146,3 @@ def estimate_memory(model: ModelConfig, tp: int, pp: int, dp: int, vp: int, micr
 
 def usable_bytes(gpu: GPUSpec) -> float:
     return gpu.memory_bytes * USABLE_MEMORY_FRACTION
-
-
-def check_fits(run, gpu: str, num_gpus: int) -> MemoryBreakdown:
-    """Memory of `run`'s layout on `num_gpus` GPUs of type `gpu`; LayoutError (with the numbers and what would fit)
-    when the layout does not divide or does not fit. Called before submitting a job."""
-    from .fit_advice import check_run_fits
-    return check_run_fits(run, gpu, num_gpus)

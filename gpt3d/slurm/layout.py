@@ -64,7 +64,8 @@ def check_memory(run: RunConfig, layout: JobLayout, gpu: str) -> Optional[Any]:
     """The planner's memory breakdown for this layout on `gpu`; raises SubmitLayoutError (with its numbers) when it
     does not fit. Returns None when gpt3d.planner is not installed in this checkout."""
     try:
-        from gpt3d.planner.memory import LayoutError, check_fits
+        from gpt3d.planner.fit_advice import check_fits
+        from gpt3d.planner.memory import LayoutError
     except ImportError as exc:
         if exc.name is not None and exc.name.startswith("gpt3d.planner"):
             return None

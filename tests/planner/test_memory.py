@@ -3,8 +3,9 @@ import pytest
 
 from gpt3d.config import ModelConfig, load_config
 from gpt3d.planner.activations import layer_activation_bytes, layer_saved_tensors
-from gpt3d.planner.memory import (NCCL_COMMUNICATOR_BYTES, LayoutError, check_fits, estimate_memory,
-                                  first_stage_parameters, layer_parameter_split)
+from gpt3d.planner.fit_advice import check_fits
+from gpt3d.planner.memory import (NCCL_COMMUNICATOR_BYTES, LayoutError, estimate_memory, first_stage_parameters,
+                                  layer_parameter_split)
 from gpt3d.planner.schedule import bubble_fraction, first_stage_layer_activations
 
 # small config with dropout on, so every term of 34sbh + 5as^2b exists

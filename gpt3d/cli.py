@@ -34,6 +34,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                     *lazy("gpt3d.checkpoint.inspect")),
         "profile": ("profile time, FLOPs, MFU and memory per layer, stage and communication group",
                     *lazy("gpt3d.profiler.cli")),
+        "generate": ("complete prompts with a checkpoint (KV cache, any tp x pp layout, JSONL in and out)",
+                     *lazy("gpt3d.inference.command")),
         "presets": ("list the model presets with their parameter counts", *lazy("gpt3d.config.show")),
     }
 

@@ -37,12 +37,13 @@ class DryRunResult:
 
 
 def microbatches_to_run(num_micro: int, pp: int, schedule: str) -> int:
-    """Enough micro-batches to reach the step's peak: 1F1B and interleaved 1F1B hold at most p (x chunks) micro-batches
-    on any stage, reached by the end of warm-up, so 2p micro-batches (a multiple of p, as interleaving needs) run
-    warm-up, steady state and cool-down and peak exactly as the full step; GPipe holds every micro-batch."""
+    """Enough micro-batches to reach the step's peak, which later micro-batches only repeat: 1F1B holds at most
+    p - s micro-batches on stage s, all in flight once p have started, so p micro-batches run warm-up, one steady step
+    and cool-down and peak as the full step; interleaved 1F1B warms up 2 (p - 1) + (v - 1) p chunks on the first
+    stage and needs a multiple of p micro-batches, so 2p; GPipe holds every micro-batch."""
     if schedule == "gpipe":
         return num_micro
-    return min(num_micro, 2 * pp)
+    return min(num_micro, 2 * pp if schedule == "interleaved" else pp)
 
 
 def _label_trainer_state(tracker: MemoryTimeline, trainer: Trainer) -> None:

@@ -64,14 +64,19 @@ def ranks_to_run(layout: Layout, rank, all_stages: bool) -> list[int]:
     return [0 if rank is None else rank]
 
 
-def smallest_fixes(cfg, dp: int, gpu) -> list[str]:
-    """The planner's single changes that fit (its memory model is checked against the dry run per category)."""
+def smallest_fixes(cfg, dp: int, gpu, temporaries: float) -> list[str]:
+    """The planner's single changes that fit (its memory model is checked against the dry run per category), leaving
+    room for the temporaries this dry run measured (the planner has no temporaries category)."""
+    import dataclasses
+
     from gpt3d.planner.cli import config_layout
     from gpt3d.planner.fit_advice import suggestions
+    from gpt3d.planner.memory import USABLE_MEMORY_FRACTION
     par = cfg.parallel
     layout = config_layout(cfg, par.tp * par.pp * dp)
     seq = cfg.train.seq_len or cfg.model.seq_len
-    return suggestions(cfg.model, layout, layout.num_gpus, cfg.train.global_batch_size, seq, cfg.train.dtype, gpu,
+    room = dataclasses.replace(gpu, memory_bytes=int(gpu.memory_bytes - temporaries / USABLE_MEMORY_FRACTION))
+    return suggestions(cfg.model, layout, layout.num_gpus, cfg.train.global_batch_size, seq, cfg.train.dtype, room,
                        gpus_per_node=8)
 
 
@@ -103,8 +108,9 @@ def render(cfg, dp: int, results: list[DryRunResult], gpu) -> str:
         lines.append(f"{'':>5} {'':>5} {'error':8}" + "".join(f"{c.relative_error(k):+12.1%}" for k in COMPARED))
     ran = results[0]
     lines.append(f"(one training step of {ran.ran_microbatches} of the step's {ran.num_microbatches} micro-batches per "
-                 f"rank: the peak is reached by then; {sum(r.seconds for r in results):.0f} s; columns are the "
-                 f"categories at the rank's peak; nccl = NCCL's own buffers, a planner constant)")
+                 f"rank: the peak is reached by then; {sum(r.seconds for r in results):.0f} s. Each category column "
+                 f"is that category's own peak; 'peak' is the rank's peak of all tensors together plus nccl, NCCL's "
+                 f"own buffers (a planner constant: they are not tensors))")
     return "\n".join(lines)
 
 
@@ -137,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(render(cfg, dp, results, gpu))
         if not fits:
-            fixes = smallest_fixes(cfg, dp, gpu)
-            print("does NOT fit; smallest changes that fit: " + (" or ".join(fixes) if fixes else
-                                                                  "none found on this many GPUs (gpt3d plan)"))
+            temporaries = max(r.peak.at_peak["temporaries"] for r in results)
+            fixes = smallest_fixes(cfg, dp, gpu, temporaries)
+            print(f"does NOT fit; smallest changes that fit (planner GiB, leaving {temporaries / GiB:.1f} GiB for "
+                  f"temporaries): " + (" or ".join(fixes) if fixes else "none found on this many GPUs (gpt3d plan)"))
     return 0 if fits else EXIT_DOES_NOT_FIT

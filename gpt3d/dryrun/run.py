@@ -3,6 +3,7 @@ timeline. Nothing is allocated; the result is the rank's peak bytes per category
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -72,8 +73,27 @@ def _hook_forwards(tracker: MemoryTimeline, trainer: Trainer) -> list:
     return handles
 
 
+_RESULTS: dict[tuple, DryRunResult] = {}
+"""Results of this process's dry runs by everything that decides memory (a command checks a layout once)."""
+
+
+def _memory_key(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional[int]) -> tuple:
+    train = cfg.train
+    return (repr(cfg.model), repr(cfg.parallel), repr(cfg.optim), train.global_batch_size, train.micro_batch_size,
+            train.seq_len, train.dtype, world_size, rank, micro_batches)
+
+
 def dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional[int] = None) -> DryRunResult:
     """Peak memory of `rank` in a job of `world_size` ranks running `cfg` (one real training step, fake tensors)."""
+    key = _memory_key(cfg, world_size, rank, micro_batches)
+    if key not in _RESULTS:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+            _RESULTS[key] = _dry_run(cfg, world_size, rank, micro_batches)
+    return _RESULTS[key]
+
+
+def _dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional[int]) -> DryRunResult:
     start = time.perf_counter()
     runtime = init_fake_rank(cfg, world_size, rank)
     try:

@@ -13,7 +13,7 @@ MAX_GPU_SEARCH_FACTOR = 64
 """How far beyond the requested GPU count the minimum-GPU search looks (x num_gpus)."""
 
 
-def _memory(model: ModelConfig, layout: Layout, global_batch: int, seq_len: int, dtype: str) -> MemoryBreakdown:
+def layout_memory(model: ModelConfig, layout: Layout, global_batch: int, seq_len: int, dtype: str) -> MemoryBreakdown:
     return estimate_memory(model, layout.tp, layout.pp, layout.dp, layout.vp, layout.micro_batch, seq_len,
                            layout.num_microbatches(global_batch), layout.sequence_parallel, layout.recompute,
                            layout.distributed_optimizer, dtype, layout.schedule)
@@ -24,7 +24,7 @@ def _fits(model: ModelConfig, layout: Layout, num_gpus: int, global_batch: int, 
     """The memory when `layout` divides and fits, else None."""
     if divisibility_problems(model, layout, num_gpus, global_batch, seq_len):
         return None
-    memory = _memory(model, layout, global_batch, seq_len, dtype)
+    memory = layout_memory(model, layout, global_batch, seq_len, dtype)
     return memory if memory.total <= usable_bytes(gpu) else None
 
 
@@ -142,7 +142,7 @@ def check_fits(run, gpu_name: str, num_gpus: int, gpus_per_node: int = 8) -> Mem
                     f"{(train.global_batch_size // step + 1) * step}) or change micro_batch/dp")
         raise LayoutError(f"{layout.label()} on {num_gpus} GPUs does not divide: "
                           + "; ".join(p.message for p in problems) + hint)
-    memory = _memory(model, layout, train.global_batch_size, seq_len, train.dtype)
+    memory = layout_memory(model, layout, train.global_batch_size, seq_len, train.dtype)
     capacity = usable_bytes(gpu)
     if memory.total > capacity:
         fixes = suggestions(model, layout, num_gpus, train.global_batch_size, seq_len, train.dtype, gpu,

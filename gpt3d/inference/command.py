@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .engine import PromptError, fit_prompt
     from .loading import check_inference_layout, open_source
-    from .ranks import run_on_ranks
+    from .ranks import finish_ranks, run_on_ranks
     from .requests import find_tokenizer, read_requests, tokenize
     start = time.perf_counter()
     try:
@@ -105,4 +105,5 @@ def run(args: argparse.Namespace) -> int:
     plain = argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})  # picklable
     run_on_ranks(_rank_main, args.tp * args.pp, plain, sampling, requests, tokenizer)
     print(f"gpt3d generate: {len(requests)} completions in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    finish_ranks()
     return 0

@@ -165,6 +165,11 @@ class InferenceEngine:
         self.link.finish()
         return self._share(rows)
 
+    def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16):
+        """log p(continuation | context) of (context ids, continuation ids) pairs (see gpt3d/inference/scoring.py)."""
+        from .scoring import Scorer
+        return Scorer(self).score(pairs, batch_size)
+
     def _micro_batch(self, rows: list[Completion], sampling: SamplingConfig) -> _MicroBatch:
         ids, positions = left_pad([r.prompt for r in rows], 0)
         attn = next(iter(self.stage.blocks.values())).attn

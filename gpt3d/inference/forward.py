@@ -33,7 +33,13 @@ def attention(attn, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor
     q, k, v = qkv.view(b, s, heads, 3, attn.d_head).permute(3, 0, 2, 1, 4).unbind(0)
     keys, values = cache.store(layer, k, v)
     mask = cache.mask(attn.layout if attn.kind == "sparse" else None, attn.block)
-    ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    if cache.attention_probs is not None:  # explicit probabilities, recorded for the induction-head diagnostics
+        scores = torch.matmul(q.float(), keys.float().transpose(-1, -2)) * attn.d_head ** -0.5
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        cache.attention_probs[layer] = probs
+        ctx = torch.matmul(probs, values.float()).to(q.dtype)
+    else:
+        ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
     return attn.proj(ctx.transpose(1, 2).reshape(b, s, heads * attn.d_head))
 
 

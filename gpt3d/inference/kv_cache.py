@@ -25,6 +25,7 @@ class KVCache:
         self._new = 0
         self._masks: dict = {}
         self._query_positions: Optional[torch.Tensor] = None
+        self.attention_probs: Optional[dict] = None  # set to {} to record each layer's probabilities (diagnostics)
 
     def begin(self, positions: torch.Tensor) -> None:
         """Start a forward over new tokens at `positions` [batch, new] (-1 = padding)."""

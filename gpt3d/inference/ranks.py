@@ -20,8 +20,9 @@ def _entry(rank: int, world_size: int, fn: Callable, args: tuple) -> Any:
     return fn(rank, world_size, *args)
 
 
-def run_on_ranks(fn: Callable, world_size: int, *args) -> None:
-    """fn(rank, world_size, *args) on every rank; torch.distributed is initialised for world_size > 1."""
+def run_on_ranks(fn: Callable, world_size: int, *args) -> Any:
+    """fn(rank, world_size, *args) on every rank (torch.distributed initialised for world_size > 1); returns rank 0's
+    result. Under a launcher, the other ranks end here; rank 0 calls `finish_ranks()` when it is done."""
     from gpt3d.launch.env import discover_launch, export_torch_env
     from gpt3d.launch.spawn import leave_job, spawn
     launch = discover_launch()
@@ -29,13 +30,22 @@ def run_on_ranks(fn: Callable, world_size: int, *args) -> None:
         if launch.world_size != world_size:
             raise ValueError(f"the launcher started {launch.world_size} ranks, but --tp x --pp needs {world_size}")
         export_torch_env(launch)
-        _entry(launch.rank, world_size, fn, args)
+        result = _entry(launch.rank, world_size, fn, args)
+        if launch.rank != 0:
+            leave_job()
+        return result
+    if world_size == 1:
+        return fn(0, 1, *args)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return spawn(_entry, world_size, fn, args, collect=True)[0]
+
+
+def finish_ranks() -> None:
+    """Under a launcher, rank 0 leaves the job with the others (they wait at a barrier)."""
+    from gpt3d.launch.env import discover_launch
+    from gpt3d.launch.spawn import leave_job
+    if discover_launch() is not None:
         leave_job()
-    elif world_size == 1:
-        fn(0, 1, *args)
-    else:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        spawn(_entry, world_size, fn, args)
 
 
 def device_for_rank() -> torch.device:

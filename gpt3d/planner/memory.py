@@ -19,6 +19,7 @@ from gpt3d.config.model import ModelConfig
 from .activations import (embedding_activation_bytes, fused_attention_shares, head_activation_bytes,
                           layer_activation_bytes, stage_output_bytes)
 from .hardware import GiB, GPUSpec
+from .schedule import first_stage_layer_activations, first_stage_microbatches_in_flight
 from .sparsity import layout_density, materialized_score_fraction
 
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -34,6 +35,10 @@ NCCL_COMMUNICATOR_BYTES = 128 * 1024 ** 2
 USABLE_MEMORY_FRACTION = 0.92
 """Share of device memory tensors can use: the CUDA context (~0.5-1 GiB) and caching-allocator fragmentation take
 the rest (PyTorch typically reserves 5-10% more than it allocates)."""
+
+
+ZERO_BUBBLE_SCHEDULES = ("zbh1", "zbv")
+"""Schedules whose activation bound comes from schedule.py (not yet run by `gpt3d dryrun`'s comparison)."""
 
 
 class LayoutError(ValueError):
@@ -175,8 +180,13 @@ def estimate_memory(model: ModelConfig, tp: int, pp: int, dp: int, vp: int, micr
         density -= sparse_share * layout_density(model.sparse, seq_len, model.n_heads)
     per_layer = layer_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel, recompute, act_bytes,
                                        density, fused_share=fused_share, sparse_share=sparse_share)
-    chunks = stage_chunks_in_flight(pp, vp, num_microbatches, schedule, stage)
-    activations = per_layer * chunks * model.n_layers / (pp * vp)
+    if schedule in ZERO_BUBBLE_SCHEDULES:  # schedule.py's bound, the same on every rank (its simulator's peak)
+        layer_sets = first_stage_layer_activations(model.n_layers, pp, vp, num_microbatches, schedule)
+        chunks = first_stage_microbatches_in_flight(pp, vp, num_microbatches, schedule)
+    else:
+        chunks = stage_chunks_in_flight(pp, vp, num_microbatches, schedule, stage)
+        layer_sets = chunks * model.n_layers / (pp * vp)
+    activations = per_layer * layer_sets
     activations += chunks * stage_output_bytes(model, micro_batch, seq_len, tp, sequence_parallel, act_bytes)
     if stage == 0:
         activations += chunks * embedding_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel)

@@ -13,8 +13,8 @@ PROMPTS = [[5, 7, 9, 11, 2], [3, 4], [50, 60, 70, 80, 90, 100, 1, 2, 3], [17], [
 NEW_TOKENS = 64
 
 
-def make_models(root: Path) -> tuple[Path, Path]:
-    """(gpt3d checkpoint, HF export of that checkpoint) under `root`, built once."""
+def make_models(root: Path, **shape) -> tuple[Path, Path]:
+    """(gpt3d checkpoint, HF export of that checkpoint) under `root`, built once (SHAPE, updated by `shape`)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gpt3d.cli import main
@@ -22,7 +22,7 @@ def make_models(root: Path) -> tuple[Path, Path]:
     if (export / "config.json").is_file():
         return ckpt, export
     torch.manual_seed(1234)
-    GPT2LMHeadModel(GPT2Config(**SHAPE)).save_pretrained(root / "random", safe_serialization=True)
+    GPT2LMHeadModel(GPT2Config(**{**SHAPE, **shape})).save_pretrained(root / "random", safe_serialization=True)
     assert main(["convert", str(root / "random"), str(ckpt), "--from", "hf", "--quiet"]) == 0
     assert main(["convert", str(ckpt), str(export), "--to", "hf", "--quiet"]) == 0
     return ckpt, export
@@ -44,3 +44,17 @@ def hf_greedy(export: Path, prompts: list[list[int]], new_tokens: int) -> list[l
 def threads_one() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+def hf_scores(export: Path, pairs) -> list[tuple[float, bool]]:
+    """(sum log p(continuation | context), greedy) of each pair by a full forward of the HF model."""
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(export).eval()
+    out = []
+    with torch.no_grad():
+        for ctx, cont in pairs:
+            logp = torch.log_softmax(model(torch.tensor([list(ctx) + list(cont)])).logits[0].float(), -1)
+            pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
+            target = torch.tensor(cont)
+            out.append((logp[pos, target].sum().item(), bool((logp[pos].argmax(-1) == target).all())))
+    return out

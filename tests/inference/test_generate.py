@@ -12,7 +12,7 @@ import torch
 from gpt3d.config.generate import SamplingConfig
 from gpt3d.inference import InferenceEngine
 from gpt3d.inference.engine import PromptError
-from tests.inference.helpers import NEW_TOKENS, PROMPTS, hf_greedy, make_models, threads_one
+from tests.inference.helpers import NEW_TOKENS, PROMPTS, hf_greedy, hf_scores, make_models, threads_one
 from tests.parallel.harness import register, results
 
 ROOT = Path(tempfile.mkdtemp(prefix="gpt3d-generate-"))
@@ -23,6 +23,9 @@ SAMPLERS = {
     "top_p": dict(temperature=1.2, top_p=0.7, seed=11),
     "top_k": dict(temperature=1.0, top_k=5, seed=5),
 }
+# (context, continuation) pairs; contexts repeat (computed once, shared by their continuations)
+SCORE_PAIRS = [(p[:k], p[k:] + [1, 2]) for p in PROMPTS for k in range(1, len(p) + 1)] + [(PROMPTS[2], [7]),
+                                                                                         (PROMPTS[2], [8, 9])]
 LAYOUTS = {"1x1": (1, 1, 1), "tp2": (2, 2, 1), "pp2": (2, 1, 2), "tp2xpp2": (4, 2, 2)}
 
 
@@ -34,8 +37,10 @@ def generate_task(rank: int, world_size: int, tp: int, pp: int, ckpt: str) -> di
     engine = InferenceEngine.load(ckpt, ctx=ctx)
     out = {}
     for name, kw in SAMPLERS.items():
-        done = engine.generate(PROMPTS, SamplingConfig(max_new_tokens=NEW_TOKENS, logprobs=True, **kw))
+        new = NEW_TOKENS if name == "greedy" else 24  # greedy: the full 64 of the HF parity
+        done = engine.generate(PROMPTS, SamplingConfig(max_new_tokens=new, logprobs=True, **kw))
         out[name] = [(c.tokens, c.logprobs) for c in done]
+    out["scores"] = [(s.logprob, s.greedy) for s in engine.score(SCORE_PAIRS, batch_size=4)]
     return out
 
 
@@ -63,6 +68,9 @@ def test_greedy_matches_hf_generate_and_sampling_is_layout_independent(models, r
         assert [t for t, _ in got[name]] == [t for t, _ in base[name]], name
         for (_, lp), (_, lp_ref) in zip(got[name], base[name]):
             torch.testing.assert_close(torch.tensor(lp), torch.tensor(lp_ref), atol=1e-4, rtol=0)
+    hf = hf_scores(models[1], SCORE_PAIRS)
+    for (lp, greedy), (lp_ref, greedy_ref) in zip(got["scores"], hf):
+        assert abs(lp - lp_ref) <= 1e-4 and greedy == greedy_ref
     # every rank returns the same completions
     for other in results(world, f"generate {layout}")[1:]:
         assert other == got

@@ -36,7 +36,8 @@ def best_layout_overrides(cfg) -> tuple[str, list[str]]:
                          f"parallel.vp={lay.vp}", f"train.micro_batch_size={lay.micro_batch}",
                          f"parallel.sequence_parallel={str(lay.sequence_parallel).lower()}",
                          f"parallel.recompute={lay.recompute}",
-                         f"parallel.distributed_optimizer={str(lay.distributed_optimizer).lower()}"]
+                         f"parallel.distributed_optimizer={str(lay.distributed_optimizer).lower()}",
+                         f"parallel.schedule={lay.schedule}"]
 
 
 def report(title: str, cfg, stages: list[int]) -> None:

@@ -43,7 +43,7 @@ def planner_breakdown(cfg: RunConfig, dp: int, stage: int) -> MemoryBreakdown:
     par, train = cfg.parallel, cfg.train
     seq = train.seq_len or cfg.model.seq_len
     num_micro = train.global_batch_size // (train.micro_batch_size * dp)
-    schedule = "1f1b" if par.vp > 1 else par.schedule  # the planner's interleaved case is 1f1b with vp > 1
+    schedule = "1f1b" if par.schedule == "interleaved" else par.schedule  # the planner's interleaving: 1f1b, vp > 1
     return estimate_memory(cfg.model, par.tp, par.pp, dp, par.vp, train.micro_batch_size, seq, num_micro,
                            par.sequence_parallel, par.recompute, par.distributed_optimizer, train.dtype, schedule,
                            stage)

@@ -37,14 +37,16 @@ class DryRunResult:
     seconds: float
 
 
-def microbatches_to_run(num_micro: int, pp: int, schedule: str) -> int:
-    """Enough micro-batches to reach the step's peak, which later micro-batches only repeat: 1F1B holds at most
-    p - s micro-batches on stage s, all in flight once p have started, so p micro-batches run warm-up, one steady step
-    and cool-down and peak as the full step; interleaved 1F1B warms up 2 (p - 1) + (v - 1) p chunks on the first
-    stage and needs a multiple of p micro-batches, so 2p; GPipe holds every micro-batch."""
+def microbatches_to_run(num_micro: int, pp: int, vp: int, schedule: str) -> int:
+    """Enough micro-batches to reach the step's peak, which later micro-batches only repeat: 1F1B (and ZB-H1, which
+    holds the same) keeps at most p - s micro-batches on stage s, all in flight once p have started, so p micro-batches
+    run warm-up, one steady step and cool-down and peak as the full step; interleaved 1F1B warms up 2 (p - 1) +
+    (v - 1) p chunks on the first stage and ZB-V's first chunk holds up to 2p - 1 inputs, so 2p (a multiple of p, as
+    interleaving needs); GPipe holds every micro-batch."""
     if schedule == "gpipe":
         return num_micro
-    return min(num_micro, 2 * pp if schedule == "interleaved" else pp)
+    one_chunk = vp == 1 and schedule in ("1f1b", "zbh1")
+    return min(num_micro, pp if one_chunk else 2 * pp)
 
 
 def _label_trainer_state(tracker: MemoryTimeline, trainer: Trainer) -> None:
@@ -98,8 +100,8 @@ def _dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional
     runtime = init_fake_rank(cfg, world_size, rank)
     try:
         ctx = runtime.ctx
-        schedule = "interleaved" if cfg.parallel.vp > 1 else cfg.parallel.schedule
-        ran = micro_batches or microbatches_to_run(runtime.num_micro, ctx.layout.pp, schedule)
+        ran = micro_batches or microbatches_to_run(runtime.num_micro, ctx.layout.pp, ctx.layout.vp,
+                                                   cfg.parallel.schedule)
         tracker = MemoryTimeline(comm_codes=COMM_CODES)
         seq = cfg.train.seq_len or cfg.model.seq_len
         samples = np.zeros((ran * cfg.train.micro_batch_size * ctx.layout.dp, seq + 1), dtype=np.int64)

@@ -19,7 +19,7 @@ from gpt3d.config.model import ModelConfig
 from .activations import (embedding_activation_bytes, fused_attention_shares, head_activation_bytes,
                           layer_activation_bytes, stage_output_bytes)
 from .hardware import GiB, GPUSpec
-from .schedule import first_stage_layer_activations, first_stage_microbatches_in_flight
+from .schedule import first_stage_layer_activations
 from .sparsity import layout_density, materialized_score_fraction
 
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -182,7 +182,7 @@ def estimate_memory(model: ModelConfig, tp: int, pp: int, dp: int, vp: int, micr
                                        density, fused_share=fused_share, sparse_share=sparse_share)
     if schedule in ZERO_BUBBLE_SCHEDULES:  # schedule.py's bound, the same on every rank (its simulator's peak)
         layer_sets = first_stage_layer_activations(model.n_layers, pp, vp, num_microbatches, schedule)
-        chunks = first_stage_microbatches_in_flight(pp, vp, num_microbatches, schedule)
+        chunks = min(pp, num_microbatches)  # stage outputs kept: as 1F1B (the same activation sets)
     else:
         chunks = stage_chunks_in_flight(pp, vp, num_microbatches, schedule, stage)
         layer_sets = chunks * model.n_layers / (pp * vp)

@@ -18,19 +18,19 @@ DOCUMENTS = 4000
 
 
 def write_repeats(prefix: Path, seed: int = 0) -> None:
-    """DOCUMENTS documents: a random sequence of 6..16 tokens (ids 1..VOCAB-1) repeated to fill 80 tokens."""
+    """DOCUMENTS documents: a random sequence of 16..32 tokens (ids 1..VOCAB-1) written twice."""
     from gpt3d.data.indexed_dataset import IndexedDatasetWriter
     rng = np.random.default_rng(seed)
     with IndexedDatasetWriter(prefix, vocab_size=VOCAB) as writer:
         for _ in range(DOCUMENTS):
-            seq = rng.integers(1, VOCAB, size=int(rng.integers(6, 17)))
-            writer.add_document(np.resize(seq, 80).astype(np.int64))
+            seq = rng.integers(1, VOCAB, size=int(rng.integers(16, 33)))
+            writer.add_document(np.concatenate([seq, seq]).astype(np.int64))
 
 
 def recipe(prefix: Path, steps: int = 300) -> str:
     """The run config (YAML) of the recipe: 2 layers, 4 heads of 16, context 64, lr 3e-3, batch 16."""
     return f"""preset: tiny-test
-model: {{n_layers: 2, d_model: 64, n_heads: 4, seq_len: 64, vocab_size: {VOCAB}, vocab_pad_multiple: 64}}
+model: {{n_layers: 2, d_model: 128, n_heads: 4, seq_len: 64, vocab_size: {VOCAB}, vocab_pad_multiple: 64}}
 data: {{datasets: [{{prefix: {prefix}}}]}}
 optim: {{lr: 3.0e-3, warmup_steps: 20, weight_decay: 0.0}}
 train: {{steps: {steps}, global_batch_size: 32, micro_batch_size: 32, seq_len: 64, threads: 1}}

@@ -68,6 +68,10 @@ class Trainer:
         labels = [tokens[i:i + mb, 1:] for i in range(0, per_dp, mb)]
         return inputs, labels
 
+    def stage_kwargs(self, labels: list) -> list[dict] | None:
+        """Per micro-batch keywords every model chunk's forward receives (fine-tuning: the packed layout)."""
+        return None
+
     def mean_loss(self, losses: list[torch.Tensor], count: int) -> float:
         """Mean of the micro-batch losses over the whole global batch, known on every rank."""
         total = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
@@ -86,7 +90,7 @@ class Trainer:
         inputs, labels = self.micro_batches(samples)
         runner = StageRunner(self.ctx, self.chunks, inputs, labels, self.p2p_shape(inputs[0].shape[0],
                                                                                   inputs[0].shape[1]),
-                             self.sync.enable_sync, self.autocast, self.scaler.scale)
+                             self.sync.enable_sync, self.autocast, self.scaler.scale, self.stage_kwargs(labels))
         self.sync.zero_grad()
         SCHEDULES[self.schedule](runner)
         self.ctx.schedule_step = "gradient reduction"
@@ -107,15 +111,23 @@ class Trainer:
     @torch.no_grad()
     def eval_loss(self, samples: np.ndarray) -> float:
         """Forward-only pass over one global batch (pipeline: forward schedule, no backward)."""
-        from gpt3d.parallel.pipeline import p2p
         for chunk in self.chunks:
             chunk.eval()
         inputs, labels = self.micro_batches(samples)
-        runner = StageRunner(self.ctx, self.chunks, inputs, labels,
-                             self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), lambda c: None, self.autocast)
+        runner = self.forward_only(self.chunks, inputs, labels)
+        return self.mean_loss(runner.losses, len(inputs) * self.ctx.layout.dp)
+
+    @torch.no_grad()
+    def forward_only(self, chunks: list, inputs: list, labels: list) -> StageRunner:
+        """Run `chunks` forward over the micro-batches, micro-batch by micro-batch; the last stage's outputs are in
+        the returned runner's `losses`."""
+        from gpt3d.parallel.pipeline import p2p
+        runner = StageRunner(self.ctx, chunks, inputs, labels,
+                             self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), lambda c: None, self.autocast,
+                             stage_kwargs=self.stage_kwargs(labels))
         ctx, spec = self.ctx, runner.spec
         for mb in range(len(inputs)):
-            for c in range(len(self.chunks)):
+            for c in range(len(chunks)):
                 received = None
                 if not runner.is_first_virtual(c):
                     received = p2p.exchange(ctx, spec, recv_prev=True)[0]
@@ -123,4 +135,4 @@ class Trainer:
                 runner.saved.clear()
                 if out is not None:
                     p2p.exchange(ctx, spec, send_next=out)
-        return self.mean_loss(runner.losses, len(inputs) * self.ctx.layout.dp)
+        return runner

@@ -20,8 +20,9 @@ class StageRunner:
     def __init__(self, ctx: ParallelContext, chunks: list[torch.nn.Module], inputs: list[torch.Tensor],
                  labels: list[torch.Tensor], spec: P2PShape, on_last_backward: Callable[[int], None],
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                 loss_scale: float = 1.0):
+                 loss_scale: float = 1.0, stage_kwargs: Optional[list[dict]] = None):
         self.ctx = ctx
+        self.stage_kwargs = stage_kwargs  # per micro-batch keywords of every chunk's forward (packed layouts)
         self.chunks = chunks
         self.inputs, self.labels = inputs, labels
         self.num_micro = len(labels) if labels else len(inputs)
@@ -48,14 +49,15 @@ class StageRunner:
         """Run the chunk on micro-batch `mb`; returns the activation to send (None on the last virtual stage)."""
         start = time.perf_counter()
         model = self.chunks[chunk]
+        kwargs = self.stage_kwargs[mb] if self.stage_kwargs else {}
         with self.autocast():
             if self.is_first_virtual(chunk):
                 stage_input = None
-                out = model(self.inputs[mb], self.labels[mb] if self.is_last_virtual(chunk) else None)
+                out = model(self.inputs[mb], self.labels[mb] if self.is_last_virtual(chunk) else None, **kwargs)
             else:
                 assert received is not None, f"chunk {chunk} micro-batch {mb}: no activation received"
                 stage_input = received
-                out = model(received, self.labels[mb] if self.is_last_virtual(chunk) else None)
+                out = model(received, self.labels[mb] if self.is_last_virtual(chunk) else None, **kwargs)
         if self.is_last_virtual(chunk):
             self.losses.append(out.detach())
             out = out.float() * (self.loss_scale / self.num_micro)

@@ -57,11 +57,9 @@ class ClassifyConfig:
 class DPOConfig:
     """Direct preference optimisation against the frozen starting checkpoint (Rafailov et al. 2023)."""
     beta: float = field(0.1, doc="beta of the DPO loss -log sigmoid(beta * (policy - reference log-ratio margin))")
-    label_smoothing: float = field(0.0, doc="conservative DPO: weight of the flipped preference (0 = plain DPO)")
 
     def __post_init__(self):
         require(self.beta > 0, "finetune.dpo.beta", f"must be positive, got {self.beta}")
-        require(0.0 <= self.label_smoothing < 0.5, "finetune.dpo.label_smoothing", "must be in [0, 0.5)")
 
 
 @dataclass

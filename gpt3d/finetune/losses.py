@@ -26,14 +26,7 @@ def pairwise_ranking_loss(chosen: torch.Tensor, rejected: torch.Tensor,
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
-    """DPO (sigmoid loss): -log sigmoid(beta * ((pi_c - pi_r) - (ref_c - ref_r))), mean over pairs; with label
-    smoothing eps the flipped preference is weighted eps (conservative DPO)."""
+             reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (sigmoid loss): -log sigmoid(beta * ((pi_c - pi_r) - (ref_c - ref_r))), mean over pairs."""
     logits = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected)
-    losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
-    return losses.mean()
-
-
-def dpo_rewards(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
-    """DPO's implicit reward beta * (log pi - log pi_ref) of whole completions."""
-    return beta * (policy - reference).detach()
+    return -F.logsigmoid(beta * logits).mean()

@@ -66,12 +66,12 @@ def completion_logps(stage, hidden: torch.Tensor, batch: PackedBatch) -> torch.T
     return torch.stack([sequence_sums(logps, batch, branches == 1), sequence_sums(logps, batch, branches == 2)], -1)
 
 
-def make_dpo_loss(beta: float, label_smoothing: float) -> Callable:
+def make_dpo_loss(beta: float) -> Callable:
     def dpo(stage, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         assert batch.reference is not None, "DPO micro-batch without the reference model's log-probs"
         policy = completion_logps(stage, hidden, batch)
         ref = batch.reference
-        return dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta, label_smoothing)
+        return dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta)
     return dpo
 
 
@@ -132,7 +132,7 @@ def objective_for(cfg: RunConfig) -> Callable:
     if objective == "reward":
         return reward_loss
     if objective == "dpo":
-        return make_dpo_loss(ft.dpo.beta, ft.dpo.label_smoothing)
+        return make_dpo_loss(ft.dpo.beta)
     if objective == "classify":
         return make_classify_loss(ft.classify.task, ft.classify.lm_coef)
     raise ValueError(f"train.objective={objective!r} has no fine-tuning loss")

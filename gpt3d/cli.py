@@ -36,6 +36,10 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                     *lazy("gpt3d.checkpoint.inspect")),
         "profile": ("profile time, FLOPs, MFU and memory per layer, stage and communication group",
                     *lazy("gpt3d.profiler.cli")),
+        "generate": ("complete prompts with a checkpoint (KV cache, any tp x pp layout, JSONL in and out)",
+                     *lazy("gpt3d.inference.command")),
+        "eval": ("few-shot evaluation (GPT-3 protocol), lm-eval tasks, ICL score and induction heads of a checkpoint",
+                 *lazy("gpt3d.eval.command")),
         "presets": ("list the model presets with their parameter counts", *lazy("gpt3d.config.show")),
     }
 

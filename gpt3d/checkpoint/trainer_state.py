@@ -1,8 +1,11 @@
 """Save a live Trainer to a checkpoint and load one into it, in any layout (collective over the world).
 
 What each rank writes (one file per rank, `tpTT-ppPP-dpDD.safetensors`):
-  - model/<name>: its TP-local parameter regions (DP rank 0 only; TP-replicated parameters by TP rank 0 only; tied
-    head copies are skipped, they load from model/embed.tok.weight);
+  - model/<name>: its TP-local parameter regions in fp32 (DP rank 0 only; TP-replicated parameters by TP rank 0 only;
+    tied head copies are skipped, they load from model/embed.tok.weight). Under bf16/fp16 these are the optimizer's
+    fp32 master weights, written like the Adam moments below (sharded pieces with the distributed optimizer); loading
+    restores the masters exactly and rounds them into the bf16/fp16 weights, so resume is bit-exact and a checkpoint
+    loads in any train.dtype (old fp32 checkpoints included);
   - optim/exp_avg/<name>, optim/exp_avg_sq/<name>: Adam moments per PARAMETER, in the parameter's shape and sharded
     like it. Without the distributed optimizer DP rank 0 writes whole regions; with it every DP rank writes the
     slices of its flat bucket shard mapped back to parameter coordinates (a piece with `flat` = [lo, hi) of the
@@ -76,7 +79,8 @@ def rank_writer(trainer, directory: Path, copy: bool) -> RankFileWriter:
     def stored_elsewhere(p) -> bool:  # tied head copies load from the embedding; TP replicas are stored by TP rank 0
         return getattr(p, "tied_copy", False) or (getattr(p, "shard", None) is None and ctx.tp_rank != 0)
 
-    if ctx.dp_rank == 0:
+    masters = any(state.has_master for state in trainer.optimizer.states)
+    if ctx.dp_rank == 0 and not masters:  # fp32: the parameters are the master weights
         for chunk in trainer.chunks:
             for local, p in chunk.named_parameters():
                 if stored_elsewhere(p):
@@ -98,9 +102,12 @@ def rank_writer(trainer, directory: Path, copy: bool) -> RankFileWriter:
             if a >= b:
                 continue
             full, start, size = region_of(p)
-            for key, buf in (("exp_avg", state.exp_avg), ("exp_avg_sq", state.exp_avg_sq)):
+            buffers = [("optim/exp_avg/", state.exp_avg), ("optim/exp_avg_sq/", state.exp_avg_sq)]
+            if state.has_master:
+                buffers.insert(0, ("model/", state.master))
+            for prefix, buf in buffers:
                 arr = to_numpy(buf[a - s0:b - s0], copy)
-                name = f"optim/{key}/{names[id(p)]}"
+                name = prefix + names[id(p)]
                 if a == off and b == off + n:
                     writer.add(name, dtype_of(arr), full, start, size, arr.reshape(size))
                 else:
@@ -129,6 +136,7 @@ def trainer_metadata(trainer, step: int) -> dict:
         "trainer": {
             "optimizer": {"type": "adamw", "step_count": trainer.optimizer.step_count,
                           "moments": ["exp_avg", "exp_avg_sq"]},
+            "precision": {"dtype": cfg.train.dtype, "model_tensors": "fp32 master weights"},
             "lr_scheduler": {"step": step, "next_lr": lr_at(step, cfg.optim, cfg.train.steps)},
             "loss_scaler": {"enabled": trainer.scaler.enabled, "scale": trainer.scaler.scale,
                             "good_steps": trainer.scaler.good_steps},
@@ -244,6 +252,26 @@ def check_compatible(ckpt: Checkpoint, cfg) -> None:
                               f"start a new run directory")
 
 
+def read_tensor(ckpt: Checkpoint, name: str, start, size) -> torch.Tensor:
+    """A region of a checkpoint tensor as a torch tensor of its stored dtype (bf16 is stored as raw 16-bit words)."""
+    t = torch.from_numpy(ckpt.read_region(name, start, size))
+    return t.view(torch.bfloat16) if ckpt.tensors[name]["dtype"] == "BF16" else t
+
+
+def _fill_from_params(trainer, state, buf: torch.Tensor, region_of_param) -> None:
+    """Fill `buf`, a per-element optimizer buffer of `state` (its bucket or this rank's shard of it), from each
+    parameter's full TP-local region `region_of_param(p)`; padding stays zero."""
+    bucket = state.bucket
+    s0, s1 = (_shard_range(trainer, bucket) or (0, bucket.padded))
+    buf.zero_()
+    for p, off in zip(bucket.params, bucket.offsets):
+        a, b = max(off, s0), min(off + p.numel(), s1)
+        if a >= b:
+            continue
+        region = region_of_param(p).reshape(-1)
+        buf[a - s0:b - s0].copy_(region[a - off:b - off])
+
+
 def _same_layout(ckpt: Checkpoint, trainer) -> bool:
     L, l = ckpt.layout, trainer.ctx.layout
     return (L["tp"], L["pp"], L["dp"], L["vp"]) == (l.tp, l.pp, l.dp, l.vp)
@@ -271,22 +299,22 @@ def load_into_trainer(trainer, ckpt: Checkpoint) -> dict:
             files |= ckpt.files_for(n)
     ckpt.verify(sorted(files))
 
+    masters = [state for state in trainer.optimizer.states if state.has_master]  # bf16/fp16 only
+    weights = {}
     for name, p in params:
         _, start, size = region_of(p)
-        p.data.copy_(torch.from_numpy(ckpt.read_region("model/" + name, start, size)))
+        value = read_tensor(ckpt, "model/" + name, start, size).float()
+        p.data.copy_(value)  # bf16/fp16: the master rounded, as after every optimizer step
+        if masters:
+            weights[id(p)] = value
+    for state in masters:
+        _fill_from_params(trainer, state, state.master, lambda p: weights[id(p)])
+    del weights
     if has_optim:
         for state in trainer.optimizer.states:
-            bucket = state.bucket
-            s0, s1 = (_shard_range(trainer, bucket) or (0, bucket.padded))
             for key, buf in (("exp_avg", state.exp_avg), ("exp_avg_sq", state.exp_avg_sq)):
-                buf.zero_()
-                for p, off in zip(bucket.params, bucket.offsets):
-                    a, b = max(off, s0), min(off + p.numel(), s1)
-                    if a >= b:
-                        continue
-                    _, start, size = region_of(p)
-                    region = ckpt.read_region(f"optim/{key}/{names[id(p)]}", start, size).reshape(-1)
-                    buf[a - s0:b - s0].copy_(torch.from_numpy(region[a - off:b - off]))
+                _fill_from_params(trainer, state, buf, lambda p, key=key: read_tensor(
+                    ckpt, f"optim/{key}/{names[id(p)]}", *region_of(p)[1:]))
         trainer.optimizer.step_count = int(ckpt.trainer["optimizer"]["step_count"])
     scaler = ckpt.trainer.get("loss_scaler", {})
     if trainer.scaler.enabled and scaler.get("enabled"):

@@ -18,7 +18,8 @@ class TrainConfig:
     seq_len: Optional[int] = field(None, doc="training sequence length; default model.seq_len (must not exceed it)")
     seed: int = field(1234, doc="seed of weights, data order and dropout")
     dtype: Literal["fp32", "bf16", "fp16"] = field(
-        "fp32", doc="compute dtype (bf16/fp16 autocast with fp32 master weights; fp16 uses dynamic loss scaling)")
+        "fp32", doc="weights and compute dtype; bf16/fp16 keep fp32 main grads and fp32 master weights + Adam in the "
+                    "optimizer (Megatron-style, docs/precision.md); fp16 uses dynamic loss scaling")
     device: Literal["auto", "cpu", "cuda"] = field("auto", doc="auto = cuda when available, else cpu")
     eval_interval: int = field(100, doc="validation every N steps (0 disables)")
     eval_iters: int = field(4, doc="validation batches per evaluation")

@@ -196,11 +196,11 @@ class LMHead(nn.Module):
 
     def padded_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Logits over the padded vocabulary, -inf in the padded columns."""
-        return F.linear(hidden, weight, self.pad_bias(hidden))  # autocast casts the bias with the GEMM
+        return F.linear(hidden, weight, self.pad_bias(hidden))  # the bias is built in the activations' dtype
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.padded_logits(hidden, weight)[..., : self.vocab_size]
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.padded_logits(hidden, weight)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())  # the loss in fp32

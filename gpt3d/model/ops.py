@@ -12,8 +12,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
 
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                    impl: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x + residual, layer_norm(x + residual)) in one pass. Under autocast the branch output `x` is bf16/fp16 while
-    the residual stream stays fp32 (like autocast's own layer_norm policy): the sum is taken in the residual's dtype."""
+    """(x + residual, layer_norm(x + residual)) in one pass; statistics in fp32 (gpt3d.kernels), the sum in the
+    residual stream's dtype (the compute dtype: bf16/fp16 weights give bf16/fp16 activations throughout)."""
     from gpt3d import kernels
     return kernels.add_layer_norm(x.to(residual.dtype), residual, weight, bias, eps, impl=impl)
 

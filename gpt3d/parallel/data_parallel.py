@@ -1,16 +1,22 @@
 """Data-parallel gradient synchronisation over flat, bucketed gradient buffers.
 
-Parameters and their gradients live in flat fp32 buffers, one per bucket (about `bucket_mb`, filled in the reverse
-order of the forward so buckets complete early in backward). During the last micro-batch's backward, a bucket is
-reduced asynchronously as soon as all of its gradients are final (post-accumulate-grad hooks), overlapping the
-rest of backward. Earlier micro-batches accumulate into the same buffers with no communication.
+Parameters and their gradients live in flat buffers, one pair per bucket (about `bucket_mb` of fp32 gradients, filled
+in the reverse order of the forward so buckets complete early in backward): the weights in the compute dtype
+(`param_data`: bf16/fp16, or fp32) and the gradients always in fp32 (`grad_data`). Each parameter's `main_grad` is its
+view of `grad_data`. In fp32, `param.grad` is that same view and autograd accumulates into it in place. In bf16/fp16
+(mixed precision, as Megatron-LM), autograd produces a bf16/fp16 `param.grad`; a post-accumulate-grad hook adds it
+into the fp32 `main_grad` and frees it, so micro-batches accumulate in fp32. Weight gradients computed outside
+autograd (a pipeline schedule's deferred weight-gradient step) enter through `add_weight_grad`, the same path.
+During the last micro-batch's backward, a bucket is reduced asynchronously as soon as all of its gradients are final,
+overlapping the rest of backward. Earlier micro-batches accumulate into the same buffers with no communication.
 
 Gradients that need another reduction first are kept in "deferred" buckets, reduced after backward: the tied
 embedding and its copy on the last pipeline stage (summed over the embedding group) and, under sequence
 parallelism, parameters whose gradient is partial per TP rank (summed over the TP group).
 
 With the distributed optimizer (ZeRO-1) each bucket is padded to a multiple of dp and reduce-scattered: rank d
-owns shard d of every bucket (its fp32 master values and Adam states), and all-gathers updated parameters back.
+owns shard d of every bucket (its fp32 master values and Adam states), and all-gathers updated parameters back (in
+the compute dtype).
 """
 from __future__ import annotations
 
@@ -47,11 +53,13 @@ def _needs_deferral(param: nn.Parameter) -> bool:
 
 class GradSynchronizer:
     def __init__(self, ctx: ParallelContext, chunks: list[nn.Module], bucket_mb: float, overlap: bool,
-                 distributed_optimizer: bool):
+                 distributed_optimizer: bool, dtype: torch.dtype = torch.float32):
         self.ctx = ctx
         self.dp = ctx.dp_group
         self.overlap = overlap and self.dp.size > 1
         self.distributed = distributed_optimizer
+        self.dtype = dtype
+        self.mixed = dtype != torch.float32  # weights in bf16/fp16, fp32 main grads (else params are fp32 masters)
         self.buckets: list[list[Bucket]] = [self._build(chunk, bucket_mb) for chunk in chunks]
         self.sync_enabled = [False] * len(chunks)
         self._bucket_of: dict[int, tuple[int, Bucket]] = {}
@@ -59,7 +67,7 @@ class GradSynchronizer:
             for bucket in buckets:
                 for p in bucket.params:
                     self._bucket_of[id(p)] = (c, bucket)
-                    if self.overlap and not bucket.deferred:
+                    if self.mixed or (self.overlap and not bucket.deferred):
                         p.register_post_accumulate_grad_hook(self._on_grad_ready)
 
     def _build(self, chunk: nn.Module, bucket_mb: float) -> list[Bucket]:
@@ -87,13 +95,14 @@ class GradSynchronizer:
         multiple = self.dp.size if self.distributed else 1
         padded = -(-total // multiple) * multiple
         device = params[0].device
-        param_data = torch.zeros(padded, dtype=torch.float32, device=device)
+        param_data = torch.zeros(padded, dtype=self.dtype, device=device)
         grad_data = torch.zeros(padded, dtype=torch.float32, device=device)
         for p, off in zip(params, offsets):
             n = p.numel()
-            param_data[off:off + n].copy_(p.detach().reshape(-1))
+            param_data[off:off + n].copy_(p.detach().reshape(-1))  # fp32 init rounded once to the compute dtype
             p.data = param_data[off:off + n].view_as(p)
-            p.grad = grad_data[off:off + n].view_as(p)
+            p.main_grad = grad_data[off:off + n].view_as(p)
+            p.grad = None if self.mixed else p.main_grad
         return Bucket(params, offsets, total, padded, param_data, grad_data, deferred)
 
     # -- backward-time hooks ------------------------------------------------------------------------------------
@@ -102,8 +111,21 @@ class GradSynchronizer:
         self.sync_enabled[chunk] = True
 
     def _on_grad_ready(self, param: nn.Parameter) -> None:
+        """Post-accumulate-grad hook: autograd has finished this parameter's gradient of one backward."""
+        if self.mixed:
+            param.main_grad.add_(param.grad)  # bf16/fp16 -> fp32 accumulation
+            param.grad = None
+        self._mark_ready(param)
+
+    def add_weight_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        """A weight gradient computed outside autograd (e.g. a deferred weight-gradient step): accumulate it into the
+        fp32 main gradient and count the parameter ready for its bucket's reduction."""
+        param.main_grad.add_(grad)
+        self._mark_ready(param)
+
+    def _mark_ready(self, param: nn.Parameter) -> None:
         chunk, bucket = self._bucket_of[id(param)]
-        if not self.sync_enabled[chunk]:
+        if not self.overlap or bucket.deferred or not self.sync_enabled[chunk]:
             return
         bucket.ready.add(id(param))
         if len(bucket.ready) == len(bucket.params) and bucket.work is None:
@@ -138,12 +160,13 @@ class GradSynchronizer:
 
     def _model_parallel_reductions(self, bucket: Bucket) -> None:
         for p in bucket.params:
+            grad = p.main_grad
             if getattr(p, "embedding_sync", False) and self.ctx.embedding_group.size > 1:
-                self.ctx.embedding_group.account("all_reduce", p.grad.numel() * p.grad.element_size())
-                dist.all_reduce(p.grad, group=self.ctx.embedding_group.pg)
+                self.ctx.embedding_group.account("all_reduce", grad.numel() * grad.element_size())
+                dist.all_reduce(grad, group=self.ctx.embedding_group.pg)
             if getattr(p, "tp_partial_grad", False) and self.ctx.tp_group.size > 1:
-                self.ctx.tp_group.account("all_reduce", p.grad.numel() * p.grad.element_size())
-                dist.all_reduce(p.grad, group=self.ctx.tp_group.pg)
+                self.ctx.tp_group.account("all_reduce", grad.numel() * grad.element_size())
+                dist.all_reduce(grad, group=self.ctx.tp_group.pg)
 
     def finish(self) -> None:
         """After backward: complete in-flight reductions, then the deferred ones (MP first, then DP)."""
@@ -175,7 +198,8 @@ class GradSynchronizer:
             dist.all_gather_into_tensor(bucket.grad_data, shard, group=self.dp.pg)
 
     def gather_params(self) -> None:
-        """Distributed optimizer: every rank updated its shard of each bucket; all-gather the full parameters."""
+        """Distributed optimizer: every rank updated its shard of each bucket; all-gather the full parameters (in the
+        compute dtype: half the bytes of fp32 under bf16/fp16)."""
         if not self.distributed or self.dp.size == 1:
             return
         for bucket in self.all_buckets():

@@ -17,7 +17,7 @@ def local_shards(chunks: list[nn.Module], what: str = "param") -> list[tuple[str
         for name, p in chunk.named_parameters():
             if getattr(p, "tied_copy", False):
                 continue
-            tensor = p.detach() if what == "param" else p.grad
+            tensor = p.detach() if what == "param" else getattr(p, "main_grad", p.grad)  # fp32 main grads
             if tensor is None:
                 continue
             out.append((param_full_name(p, name), tensor.detach().float().cpu().clone(), getattr(p, "shard", None)))

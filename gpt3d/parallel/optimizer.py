@@ -1,10 +1,13 @@
 """AdamW over the flat gradient buckets, optionally sharded across data parallel (the distributed optimizer).
 
-Parameters are fp32 and are their own master weights (bf16/fp16 run through autocast); the update is torch's fused
-AdamW kernel over contiguous segments of the flat buffers. Without the distributed
-optimizer every rank updates whole buckets; with it each DP rank updates its shard of every bucket (holding Adam
-states only for that shard) and the shards are all-gathered. Both paths run the same per-element arithmetic, so
-they produce identical numbers.
+The update is torch's fused AdamW kernel over contiguous segments of the flat buffers, reading the fp32 main
+gradients. In fp32 the parameters are their own master weights (no extra copy). In bf16/fp16 (mixed precision, as
+Megatron-LM) the optimizer keeps fp32 master weights beside the Adam moments (starting from the rounded initial
+weights), steps them, and copies them back into the bf16/fp16 weights (rounding once per step): the weights are always
+the master rounded. Without the distributed optimizer every rank updates whole buckets;
+with it each DP rank holds masters and moments only for its shard of every bucket, and the updated weight shards are
+all-gathered. Both paths run the same per-element arithmetic, so they produce identical numbers. Bytes per parameter:
+weights 2 + main grads 4 + master 4 + moments 8 = 18, or 6 + 12/dp with the distributed optimizer (fp32: 16, 8 + 8/dp).
 
 The global gradient norm counts each gradient element exactly once across the world: TP-replicated parameters
 on TP rank 0 only, the tied head copy on the first stage only, and replicated DP grads on DP rank 0 (or each
@@ -39,13 +42,18 @@ class _ShardState:
     """One bucket's (shard of) parameters with its Adam states, cut into contiguous segments: `decay` and `no_decay`
     segments for the fused AdamW kernel, and the gradient segments this rank counts in the global norm."""
     bucket: Bucket
-    param: torch.Tensor  # view of the bucket's (shard of) parameters
+    master: torch.Tensor  # fp32 master weights of the bucket's (shard of) parameters (in fp32: the parameters)
     grad: torch.Tensor
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
     decay: list[tuple[int, int]]
     no_decay: list[tuple[int, int]]
     counted: list[tuple[int, int]]
+    model: torch.Tensor  # the bucket's (shard of) weights in the compute dtype (`master` itself in fp32)
+
+    @property
+    def has_master(self) -> bool:
+        return self.master is not self.model
 
 
 def _segments(flags: torch.Tensor) -> list[tuple[int, int]]:
@@ -84,14 +92,24 @@ class ShardedAdamW:
 
     def _state_for(self, bucket: Bucket) -> _ShardState:
         real, decay, count = self._flags(bucket)
-        param, grad = bucket.param_data, bucket.grad_data
+        model, grad = bucket.param_data, bucket.grad_data
         if self.sync.distributed:
             dp = self.sync.dp
-            param, grad, real, decay, count = (bucket.shard(t, dp) for t in (param, grad, real, decay, count))
+            model, grad, real, decay, count = (bucket.shard(t, dp) for t in (model, grad, real, decay, count))
         elif self.ctx.dp_rank != 0:
             count = torch.zeros_like(count)  # DP replicas hold the same grads: count them once
-        return _ShardState(bucket, param, grad, torch.zeros_like(param), torch.zeros_like(param),
-                           _segments(real * decay), _segments(real * (1 - decay)), _segments(real * count))
+        # fp32: the parameters are their own masters. bf16/fp16: the master starts as the rounded initial weights
+        # (as Megatron-LM), so the weights are always exactly the master rounded.
+        master = model if model.dtype == torch.float32 else model.float()
+        return _ShardState(bucket, master, grad, torch.zeros_like(master), torch.zeros_like(master),
+                           _segments(real * decay), _segments(real * (1 - decay)), _segments(real * count), model)
+
+    @torch.no_grad()
+    def copy_masters_to_model(self) -> None:
+        """Round the fp32 masters into the bf16/fp16 weights (this rank's shards; `gather_params` shares them)."""
+        for s in self.states:
+            if s.has_master:
+                s.model.copy_(s.master)
 
     def grad_norm(self, grad_scale: float = 1.0) -> float:
         local = 0.0
@@ -121,11 +139,12 @@ class ShardedAdamW:
             if not groups:
                 continue
             steps = [torch.tensor(float(self.step_count), device=self.ctx.device) for _ in groups]
-            torch._fused_adamw_([s.param[a:b] for s, a, b in groups], [s.grad[a:b] for s, a, b in groups],
+            torch._fused_adamw_([s.master[a:b] for s, a, b in groups], [s.grad[a:b] for s, a, b in groups],
                                 [s.exp_avg[a:b] for s, a, b in groups], [s.exp_avg_sq[a:b] for s, a, b in groups],
                                 [], steps, lr=lr, beta1=self.cfg.beta1, beta2=self.cfg.beta2,
                                 weight_decay=weight_decay, eps=self.cfg.eps, amsgrad=False, maximize=False,
                                 grad_scale=divisor if divisor.item() != 1.0 else None, found_inf=None)
+        self.copy_masters_to_model()
         self.sync.gather_params()
         return norm, True
 

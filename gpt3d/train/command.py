@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt3d.parallel.context import LayoutError
 
     from .loop import build_data, train_rank
+    from .precision import compute_dtype, require_dtype_runs
     from .runtime import check_layout
 
     try:
@@ -118,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
             dp = cfg.parallel.dp or 1
             world_size = cfg.parallel.tp * cfg.parallel.pp * dp
         check_layout(cfg, world_size)
+        import torch
+        if cfg.train.device == "cpu" or not torch.cuda.is_available():  # GPUs: each rank checks its own (Trainer)
+            require_dtype_runs(cfg.train.dtype, compute_dtype(cfg.train.dtype), torch.device("cpu"))
         run_dir = Path(args.out) if args.out else default_run_dir(args.config)
         if launch is None or launch.rank == 0:
             checkpoint = checkpoint_to_resume(cfg, run_dir, args.overwrite)

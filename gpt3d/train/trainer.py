@@ -1,7 +1,6 @@
 """One rank's share of training: model chunks, gradient sync, optimizer, and the step that runs the schedule."""
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from gpt3d.parallel.pipeline.runner import StageRunner
 from gpt3d.parallel.pipeline.schedules import SCHEDULES
 from gpt3d.parallel.random import seed_everything
 
+from .precision import compute_dtype, require_dtype_runs
 from .runtime import Runtime
 
 
@@ -35,10 +35,12 @@ class StepResult:
 class Trainer:
     def __init__(self, cfg: RunConfig, runtime: Runtime):
         self.cfg, self.rt, self.ctx = cfg, runtime, runtime.ctx
+        self.dtype = compute_dtype(cfg.train.dtype)
+        require_dtype_runs(cfg.train.dtype, self.dtype, self.ctx.device)
         self.tracker = seed_everything(cfg.train.seed, self.ctx.tp_rank, self.ctx.pp_rank, self.ctx.device)
         self.chunks = build_model_chunks(cfg.model, cfg.parallel, self.ctx, cfg.train.seed, self.tracker)
         self.sync = GradSynchronizer(self.ctx, self.chunks, cfg.parallel.bucket_mb, cfg.parallel.overlap_grad_reduce,
-                                     cfg.parallel.distributed_optimizer)
+                                     cfg.parallel.distributed_optimizer, self.dtype)
         self.optimizer = ShardedAdamW(self.ctx, self.sync, cfg.optim)
         self.scaler = DynamicLossScaler(cfg.optim.initial_loss_scale, cfg.optim.loss_scale_window,
                                         enabled=cfg.train.dtype == "fp16")
@@ -47,16 +49,10 @@ class Trainer:
         self.last_runner: StageRunner | None = None
 
     # -- helpers --------------------------------------------------------------------------------------------------
-    def autocast(self):
-        dtype = self.cfg.train.dtype
-        if dtype == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-
     def p2p_shape(self, micro_batch: int, seq_len: int) -> P2PShape:
         tp = self.ctx.layout.tp
         local_seq = seq_len // tp if self.cfg.parallel.sequence_parallel else seq_len
-        return P2PShape((micro_batch, local_seq, self.cfg.model.d_model), torch.float32)
+        return P2PShape((micro_batch, local_seq, self.cfg.model.d_model), self.dtype)  # activations' own dtype
 
     def micro_batches(self, samples: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """This DP rank's slice of the global batch [G, s+1], cut into micro-batches of (inputs, labels)."""
@@ -90,7 +86,7 @@ class Trainer:
         inputs, labels = self.micro_batches(samples)
         runner = StageRunner(self.ctx, self.chunks, inputs, labels, self.p2p_shape(inputs[0].shape[0],
                                                                                   inputs[0].shape[1]),
-                             self.sync.enable_sync, self.autocast, self.scaler.scale, self.stage_kwargs(labels))
+                             self.sync.enable_sync, self.scaler.scale, self.stage_kwargs(labels))
         self.sync.zero_grad()
         SCHEDULES[self.schedule](runner)
         self.ctx.schedule_step = "gradient reduction"
@@ -123,7 +119,7 @@ class Trainer:
         the returned runner's `losses`."""
         from gpt3d.parallel.pipeline import p2p
         runner = StageRunner(self.ctx, chunks, inputs, labels,
-                             self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), lambda c: None, self.autocast,
+                             self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), lambda c: None,
                              stage_kwargs=self.stage_kwargs(labels))
         ctx, spec = self.ctx, runner.spec
         for mb in range(len(inputs)):

@@ -14,6 +14,9 @@ LAYOUTS = {
     "single": [],
     "dp2-distributed-optimizer": ["--dp", "2", "--set", "parallel.distributed_optimizer=true"],
     "tp2-pp2": ["--tp", "2", "--pp", "2"],
+    # bf16: the sharded fp32 master weights are what the checkpoint stores and restores
+    "bf16-dp2-distributed-optimizer": ["--dp", "2", "--set", "parallel.distributed_optimizer=true",
+                                       "--set", "train.dtype=bf16"],
 }
 
 

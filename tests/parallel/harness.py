@@ -63,7 +63,7 @@ def reduced_gradients(trainer: Trainer, batch: np.ndarray) -> dict:
         chunk.train()
     runner = StageRunner(trainer.ctx, trainer.chunks, inputs, labels,
                          trainer.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), trainer.sync.enable_sync,
-                         trainer.autocast, trainer.scaler.scale)
+                         trainer.scaler.scale)
     trainer.sync.zero_grad()
     SCHEDULES[trainer.schedule](runner)
     trainer.sync.finish()

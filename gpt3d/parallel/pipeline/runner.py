@@ -6,7 +6,6 @@ synchroniser when a chunk starts its last backward (data-parallel reduction over
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Callable, Optional
 
@@ -19,7 +18,6 @@ from .p2p import P2PShape
 class StageRunner:
     def __init__(self, ctx: ParallelContext, chunks: list[torch.nn.Module], inputs: list[torch.Tensor],
                  labels: list[torch.Tensor], spec: P2PShape, on_last_backward: Callable[[int], None],
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                  loss_scale: float = 1.0, stage_kwargs: Optional[list[dict]] = None):
         self.ctx = ctx
         self.stage_kwargs = stage_kwargs  # per micro-batch keywords of every chunk's forward (packed layouts)
@@ -28,7 +26,6 @@ class StageRunner:
         self.num_micro = len(labels) if labels else len(inputs)
         self.spec = spec
         self.on_last_backward = on_last_backward
-        self.autocast = autocast
         self.loss_scale = loss_scale
         self.saved: dict[tuple[int, int], tuple[Optional[torch.Tensor], torch.Tensor]] = {}
         self.losses: list[torch.Tensor] = []
@@ -50,14 +47,13 @@ class StageRunner:
         start = time.perf_counter()
         model = self.chunks[chunk]
         kwargs = self.stage_kwargs[mb] if self.stage_kwargs else {}
-        with self.autocast():
-            if self.is_first_virtual(chunk):
-                stage_input = None
-                out = model(self.inputs[mb], self.labels[mb] if self.is_last_virtual(chunk) else None, **kwargs)
-            else:
-                assert received is not None, f"chunk {chunk} micro-batch {mb}: no activation received"
-                stage_input = received
-                out = model(received, self.labels[mb] if self.is_last_virtual(chunk) else None, **kwargs)
+        if self.is_first_virtual(chunk):
+            stage_input = None
+            out = model(self.inputs[mb], self.labels[mb] if self.is_last_virtual(chunk) else None, **kwargs)
+        else:
+            assert received is not None, f"chunk {chunk} micro-batch {mb}: no activation received"
+            stage_input = received
+            out = model(received, self.labels[mb] if self.is_last_virtual(chunk) else None, **kwargs)
         if self.is_last_virtual(chunk):
             self.losses.append(out.detach())
             out = out.float() * (self.loss_scale / self.num_micro)

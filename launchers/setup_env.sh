@@ -17,7 +17,7 @@ echo "setup: installing gpt3d and building its C++ kernels (about a minute the f
 $PIP install --no-build-isolation -e .
 
 if [[ $with_test == 1 ]]; then
-  $PIP install pytest pytest-timeout transformers tensorboard psutil mpi4py megatron-core
+  $PIP install pytest pytest-timeout transformers tensorboard psutil mpi4py megatron-core trl==1.16.0
   python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $PIP install deepspeed
   missing=()
   for tool in slurmctld slurmd sbatch munged mpirun; do command -v "$tool" >/dev/null || missing+=("$tool"); done

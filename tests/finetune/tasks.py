@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,7 +57,10 @@ def prepare() -> dict[str, list[str]]:
     if not (tok / "merges.txt").exists():
         staging = ROOT / f".tokenizer.{os.getpid()}"
         make_tokenizer(staging)
-        os.replace(staging, tok) if not tok.exists() else None
+        try:
+            os.rename(staging, tok)  # atomic; another rank may have won the race
+        except OSError:
+            shutil.rmtree(staging)
     tasks = {
         "sft": ("sft", sft_rows(12, 1), []),
         "reward": ("reward", ranking_rows(8, 2), []),

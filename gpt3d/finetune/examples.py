@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,6 +50,18 @@ class Encoded:
 
 class LineError(DataError):
     pass
+
+
+def branch_tree(prompt: Sequence[int], completions: Sequence[Sequence[int]], learned: bool) -> Encoded:
+    """The prompt once (branch 0, minus its last token), then per completion k a branch k that repeats the prompt's
+    last token (whose output predicts the completion's first) followed by the completion; `learned`: the completion
+    tokens carry labels. The completion's last token is marked k (its rank, 1 = best): the reward is read there."""
+    out = Encoded()
+    out.add_sequence([(list(prompt[:-1]), False)], 0)
+    for k, comp in enumerate(completions, 1):
+        out.add_sequence([(list(prompt[-1:]), False), (list(comp), learned)], 0, branch=k, start=len(prompt) - 1)
+        out.marks[-1] = k
+    return out
 
 
 def read_jsonl(path: str) -> list[tuple[int, dict]]:
@@ -148,25 +160,15 @@ class Encoders:
                             f"{{\"prompt\", \"completions\": [best, ..., worst]}}")
         return self.prompt_ids(obj, where), [self.ids(c) + self.end() for c in comps]
 
-    def tree(self, prompt: list[int], completions: list[list[int]], learned: bool) -> Encoded:
-        """The prompt once (branch 0, minus its last token), then per completion k a branch k that repeats the
-        prompt's last token (whose output predicts the completion's first) followed by the completion."""
-        out = Encoded()
-        out.add_sequence([(prompt[:-1], False)], 0)
-        for k, comp in enumerate(completions, 1):
-            out.add_sequence([(prompt[-1:], False), (comp, learned)], 0, branch=k, start=len(prompt) - 1)
-            out.marks[-1] = k  # the completion's last token: where the reward is read; rank k (1 = best)
-        return out
-
     def reward(self, obj: dict, where: str) -> Encoded:
         prompt, comps = self.ranked(obj, where)
-        return self.tree(prompt, comps, learned=False)
+        return branch_tree(prompt, comps, learned=False)
 
     def dpo(self, obj: dict, where: str) -> Encoded:
         if "completions" in obj:
             raise LineError(f"{where}: DPO takes {{\"prompt\", \"chosen\", \"rejected\"}}")
         prompt, comps = self.ranked(obj, where)
-        return self.tree(prompt, comps, learned=True)
+        return branch_tree(prompt, comps, learned=True)
 
     # -- GPT-1 classification ------------------------------------------------------------------------------------
     def classify(self, obj: dict, where: str) -> Encoded:

@@ -86,17 +86,23 @@ def head_inputs(stage, hidden: torch.Tensor, batch: PackedBatch) -> tuple[torch.
     return full_sequence(stage, hidden)[where], flat[where]
 
 
+def reward_scores(stage, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """The reward of every completion (its last token's final state through the reward head), row-major order."""
+    h, _ = head_inputs(stage, hidden, batch)
+    return stage.task_heads[REWARD_HEAD](h).squeeze(-1).float()
+
+
 def reward_loss(stage, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """InstructGPT: every pair (better, worse) of one prompt's K ranked completions, weighted 1 / C(K,2) per prompt,
     averaged over the prompts."""
-    h, example = head_inputs(stage, hidden, batch)
-    rewards = stage.task_heads[REWARD_HEAD](h).squeeze(-1).float()
-    ranks = batch.marks[batch.marks > 0]
+    rewards = reward_scores(stage, hidden, batch)
+    where = batch.marks > 0
+    example, ranks = batch.example_index()[0][where], batch.marks[where]
     better = (example[:, None] == example[None, :]) & (ranks[:, None] < ranks[None, :])
     i, j = better.nonzero(as_tuple=True)
     prompts, inverse = torch.unique(example, return_inverse=True)
-    pairs_per_prompt = torch.zeros(len(prompts), device=h.device).index_add(
-        0, inverse[i], torch.ones(len(i), device=h.device))
+    pairs_per_prompt = torch.zeros(len(prompts), device=rewards.device).index_add(
+        0, inverse[i], torch.ones(len(i), device=rewards.device))
     weights = 1.0 / (pairs_per_prompt[inverse[i]] * len(prompts))
     return pairwise_ranking_loss(rewards[i], rewards[j], weights)
 

@@ -37,8 +37,10 @@ class ModelConfig:
     dense_attention: Literal["sdpa", "softmax"] = field(
         "sdpa", doc="dense attention core: sdpa = torch's fused attention; softmax = explicit scores + gpt3d's fused "
                     "scaled causal softmax (or its reference when kernels: reference)")
-    kernels: Literal["fused", "reference"] = field(
-        "fused", doc="fused = csrc/ kernels when built (falls back to reference with a warning); reference = PyTorch")
+    kernels: Literal["auto", "fused", "reference"] = field(
+        "auto", doc="auto = each fused csrc/ kernel only where it beats PyTorch eager on this CPU path (a per-ISA table, "
+                    "gpt3d/kernels/_select.py), else PyTorch; fused = csrc/ kernels when built (falls back to reference "
+                    "with a warning); reference = PyTorch")
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "seq_len", "vocab_size", "vocab_pad_multiple"):

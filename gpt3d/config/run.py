@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .base import ConfigError, field, from_dict, require, to_dict
+from .base import ConfigError, field, from_dict, load_yaml, require, to_dict
 from .checkpoint import CheckpointConfig
 from .data import DataConfig
 from .finetune import FinetuneConfig
@@ -74,7 +74,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not parts:
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = load_yaml(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
     return parts, value
@@ -112,7 +112,7 @@ def load_raw(name_or_path: str | os.PathLike | None, overrides: Sequence[str] = 
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config {path}: not valid YAML ({exc})") from None
         if not isinstance(loaded, dict):

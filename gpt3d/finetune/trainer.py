@@ -3,6 +3,7 @@ the frozen reference model run forward over each global batch before the policy'
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from gpt3d.config.run import RunConfig
 from gpt3d.parallel.build import build_model_chunks
@@ -50,7 +51,9 @@ class ObjectiveTrainer(Trainer):
         batches = [PackedBatch.from_rows(mine[i:i + mb], self.ctx.device) for i in range(0, per_dp, mb)]
         inputs = [b.tokens for b in batches]
         if self.reference is not None:
-            runner = self.forward_only(self.reference, inputs, batches)
+            runner = self.make_runner(inputs, batches, training=False, chunks=self.reference)
+            with torch.no_grad():
+                runner.run(self.pipeline_schedule(len(inputs), training=False))
             for batch, ref in zip(batches, runner.losses):
                 batch.reference = ref
         return inputs, batches

@@ -80,6 +80,12 @@ def bf16_reference_job(rank: int, world_size: int, steps: int, dtype: str) -> di
     return {"rank": 0, "losses": losses, "norms": norms, "grads": grads}
 
 
+# fp32 twins of two bf16 layouts, for the bytes they move (one step each)
+FP32_TWINS = {"bf16 pp2": (2, layout_overrides(1, 2, 1)),
+              "bf16 dp2 dist-opt": (2, [DIST_OPT] + layout_overrides(1, 1, 2))}
+for _name, (_world, _overrides) in FP32_TWINS.items():
+    register_job(_world, f"fp32 twin of {_name}", job(_overrides, 1, grads_after=None))
+
 REFERENCES = {dtype: register(1, f"{dtype} mixed-precision reference", bf16_reference_job, STEPS, dtype)
               for dtype in ("bf16", "fp32")}
 for _name, (_world, _overrides) in LAYOUTS.items():
@@ -122,3 +128,17 @@ def test_the_tolerance_is_the_size_of_bf16_rounding():
     errors = {key: relative_error(bf16[key], fp32[key]) for key in fp32}
     assert max(errors.values()) <= GRAD_REL, errors
     assert max(errors.values()) > U / 16, errors  # the bf16 run really rounded
+
+
+def test_pipeline_transfers_and_weight_gathers_move_bf16():
+    """p2p activations/gradients and the distributed optimizer's weight all-gather carry bf16 (half the bytes of the
+    fp32 run); the gradient reduce-scatter stays fp32 (main grads)."""
+    def step_bytes(name: str, group: str) -> list[dict]:
+        world = LAYOUTS[name][0] if name in LAYOUTS else FP32_TWINS[name.removeprefix("fp32 twin of ")][0]
+        return [r["steps"][0]["bytes"][group] for r in results(world, name)]
+
+    for bf16, fp32 in zip(step_bytes("bf16 pp2", "pp"), step_bytes("fp32 twin of bf16 pp2", "pp")):
+        assert fp32["send"] > 0 and bf16["send"] * 2 == fp32["send"]
+    for bf16, fp32 in zip(step_bytes("bf16 dp2 dist-opt", "dp"), step_bytes("fp32 twin of bf16 dp2 dist-opt", "dp")):
+        assert fp32["all_gather"] > 0 and bf16["all_gather"] * 2 == fp32["all_gather"]
+        assert bf16["reduce_scatter"] == fp32["reduce_scatter"] > 0

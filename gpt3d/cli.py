@@ -21,6 +21,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     return {
         "train": ("train a model (spawns local ranks for --tp/--pp/--dp, or joins a torchrun/srun/mpirun job)",
                   *lazy("gpt3d.train.command")),
+        "finetune": ("fine-tune from a checkpoint: SFT, GPT-1 classification, reward model or DPO (every train flag)",
+                     *lazy("gpt3d.finetune.command")),
         "preprocess": ("tokenise text/JSONL into a Megatron-format indexed dataset (PREFIX.bin + PREFIX.idx)",
                        *lazy("gpt3d.data.preprocess")),
         "plan": ("predict throughput and memory of layouts for a GPU cluster and rank them", *lazy("gpt3d.planner.cli")),
@@ -34,6 +36,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                     *lazy("gpt3d.checkpoint.inspect")),
         "profile": ("profile time, FLOPs, MFU and memory per layer, stage and communication group",
                     *lazy("gpt3d.profiler.cli")),
+        "schedule": ("simulate pipeline schedules (gpipe, 1f1b, interleaved, zbh1, zbv): bubble, memory, Gantt chart",
+                     *lazy("gpt3d.parallel.pipeline.command")),
         "generate": ("complete prompts with a checkpoint (KV cache, any tp x pp layout, JSONL in and out)",
                      *lazy("gpt3d.inference.command")),
         "eval": ("few-shot evaluation (GPT-3 protocol), lm-eval tasks, ICL score and induction heads of a checkpoint",

@@ -2,5 +2,5 @@
 
 Modules: hardware (GPU specs, measured CPU spec), efficiency (GEMM efficiency curve), activations + memory (memory per
 GPU, check_fits), communication, schedule (pipeline bubble), performance (step time), search (ranking), report + cli.
-See the main README, "Planning a run", for the model and its constants.
+See docs/planner.md for the model and its constants.
 """

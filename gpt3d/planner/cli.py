@@ -15,6 +15,7 @@ from .hardware import GPUS, get_gpu
 from .memory import LayoutError
 from .performance import PerformanceOptions
 from .report import plan_to_dict, render
+from .schedule_gains import render_schedule_gains, schedule_gains
 from .search import plan
 
 DEFAULT_TOP = 5
@@ -68,10 +69,13 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, LayoutError, ValueError) as exc:
         print(f"gpt3d plan: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    gains = schedule_gains(result, options)
     if args.json:
-        print(json.dumps(plan_to_dict(result), indent=2))
+        print(json.dumps({**plan_to_dict(result), "schedule_gains": gains}, indent=2))
     else:
-        render(result, Console(file=sys.stdout, width=220))
+        console = Console(file=sys.stdout, width=220)
+        render(result, console)
+        render_schedule_gains(result, gains, console)
     return 0
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 GiB = 1024 ** 3
 GB = 1e9
 
-# --- achievable fractions (one value for all GPUs; see the main README, "Planning a run") ----------------------------------
+# --- achievable fractions (one value for all GPUs; see docs/planner.md) ------------------------------------------------
 NCCL_NVLINK_BUS_EFFICIENCY = 0.80
 """nccl-tests all-reduce bus bandwidth on a DGX A100 / H100 reaches ~80% of the unidirectional NVLink rate."""
 NCCL_IB_BUS_EFFICIENCY = 0.90

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 from gpt3d.config.model import ModelConfig
 
 RECOMPUTE_MODES = ("none", "selective", "full")
-SCHEDULES = ("1f1b", "gpipe")
+SCHEDULES = ("1f1b", "gpipe", "zbh1", "zbv")
+"""1f1b with vp > 1 is interleaved 1F1B; zbh1 runs one chunk per rank, zbv exactly two (schedule.py)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class Layout:
             raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {self.recompute!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule in ("gpipe", "zbh1") and self.vp != 1:
+            raise ValueError(f"schedule {self.schedule} runs one model chunk per rank, got vp={self.vp}")
+        if self.schedule == "zbv" and self.vp != 2:
+            raise ValueError(f"schedule zbv runs exactly 2 model chunks per rank, got vp={self.vp}")
 
     @property
     def num_gpus(self) -> int:
@@ -91,7 +96,11 @@ def divisibility_problems(model: ModelConfig, layout: Layout, num_gpus: int, glo
         out.append(Problem("micro_batch*dp does not divide the global batch",
                            f"global batch {global_batch} is not a multiple of micro_batch {layout.micro_batch} * "
                            f"dp{d} = {layout.micro_batch * d}"))
-    elif v > 1 and layout.num_microbatches(global_batch) % p:
+    elif layout.schedule == "zbv" and layout.num_microbatches(global_batch) < p:
+        out.append(Problem("zbv needs micro-batches >= pp",
+                           f"zbv needs at least pp{p} micro-batches per step, got "
+                           f"{layout.num_microbatches(global_batch)}"))
+    elif layout.schedule != "zbv" and v > 1 and layout.num_microbatches(global_batch) % p:
         out.append(Problem("interleaving needs micro-batches % pp == 0",
                            f"interleaving (vp{v}) needs the {layout.num_microbatches(global_batch)} micro-batches "
                            f"per step to be a multiple of pp{p}"))

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
-
 from gpt3d.config import RunConfig
+from gpt3d.planner.memory import LayoutError, MemoryBreakdown, check_fits
 
 
 class SubmitLayoutError(ValueError):
@@ -60,15 +59,9 @@ def with_layout(run: RunConfig, layout: JobLayout) -> RunConfig:
     return dataclasses.replace(run, parallel=dataclasses.replace(run.parallel, dp=layout.dp))
 
 
-def check_memory(run: RunConfig, layout: JobLayout, gpu: str) -> Optional[Any]:
+def check_memory(run: RunConfig, layout: JobLayout, gpu: str) -> MemoryBreakdown:
     """The planner's memory breakdown for this layout on `gpu`; raises SubmitLayoutError (with its numbers) when it
-    does not fit. Returns None when gpt3d.planner is not installed in this checkout."""
-    try:
-        from gpt3d.planner.memory import LayoutError, check_fits
-    except ImportError as exc:
-        if exc.name is not None and exc.name.startswith("gpt3d.planner"):
-            return None
-        raise
+    does not fit."""
     try:
         return check_fits(with_layout(run, layout), gpu, layout.world_size)
     except LayoutError as exc:

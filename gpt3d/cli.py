@@ -21,6 +21,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     return {
         "train": ("train a model (spawns local ranks for --tp/--pp/--dp, or joins a torchrun/srun/mpirun job)",
                   *lazy("gpt3d.train.command")),
+        "finetune": ("fine-tune from a checkpoint: SFT, GPT-1 classification, reward model or DPO (every train flag)",
+                     *lazy("gpt3d.finetune.command")),
         "preprocess": ("tokenise text/JSONL into a Megatron-format indexed dataset (PREFIX.bin + PREFIX.idx)",
                        *lazy("gpt3d.data.preprocess")),
         "plan": ("predict throughput and memory of layouts for a GPU cluster and rank them", *lazy("gpt3d.planner.cli")),

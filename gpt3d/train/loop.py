@@ -26,6 +26,9 @@ def dataset_sizes(cfg: RunConfig) -> dict[str, int]:
 
 
 def build_data(cfg: RunConfig):
+    if cfg.train.objective != "pretrain":  # fine-tuning: packed JSONL examples (gpt3d/finetune/data.py)
+        from gpt3d.finetune.data import build_finetune_data
+        return build_finetune_data(cfg)
     from gpt3d.data.gpt_dataset import build_datasets
     return build_datasets(cfg.data, cfg.train.seq_len, cfg.train.seed, dataset_sizes(cfg), cfg.model.vocab_size,
                           cfg.data.cache_dir)
@@ -89,7 +92,11 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
     ctx = rt.ctx
     is_logger = ctx.rank == 0
     data = build_data(cfg)
-    trainer = Trainer(cfg, rt)
+    if cfg.train.objective == "pretrain":
+        trainer = Trainer(cfg, rt)
+    else:
+        from gpt3d.finetune.trainer import ObjectiveTrainer
+        trainer = ObjectiveTrainer(cfg, rt)
     saver = CheckpointSaver(trainer, run_dir)
     start = resume(cfg, run_dir, trainer)
     G, seq = cfg.train.global_batch_size, cfg.train.seq_len

@@ -23,5 +23,5 @@ def test_submit_refuses_a_layout_the_dry_run_does_not_fit(tmp_path):
         "pipeline stage) needs 90.4 GiB per GPU (params 2.5, grads 4.9, optimizer 14.7, activations 55.9, comm 0.0, "
         "temporaries 12.3, nccl 0.1) but a100-80gb has 80 GiB (73.6 GiB usable); smallest changes that fit (planner "
         "GiB, leaving 12.3 GiB for temporaries): recompute=full (31.6 GiB) or micro_batch=8 (the largest that fits) "
-        "(50.2 GiB) or pp=4 (dp=8) (57.3 GiB) or tp=2 (dp=16) (45.4 GiB)\nnothing was submitted\n")
+        "(51.6 GiB) or pp=4 (dp=8) (60.3 GiB) or tp=2 (dp=16) (46.9 GiB)\nnothing was submitted\n")
     assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""gpt3d packaging.
+"""gpt3d packaging: the C++ extension (the package metadata is in pyproject.toml).
 
 The C++ extension `gpt3d._C` is built from every `csrc/*/*.cpp` (and, when the installed torch has CUDA, every
 `csrc/*/*.cu`). torch must already be installed (build with `pip install --no-build-isolation -e .`); without torch, or with
@@ -8,7 +8,7 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,21 +41,5 @@ def _extensions():
 
 ext_modules, cmdclass = _extensions()
 
-setup(
-    name="gpt3d",
-    version="0.1.0",
-    description="GPT-3-class training with tensor, pipeline and data parallelism; runs and is tested on a laptop CPU",
-    python_requires=">=3.10",
-    packages=find_packages(include=["gpt3d", "gpt3d.*"]),
-    # torch is not pinned here so a GPU user keeps their own CUDA build; the README's setup installs torch==2.13.0 (CPU).
-    install_requires=[
-        "torch>=2.4", "numpy", "pyyaml", "tokenizers", "safetensors", "rich", "tqdm", "matplotlib", "psutil",
-    ],
-    extras_require={
-        "test": ["pytest", "pytest-timeout", "transformers", "tensorboard", "mpi4py"],
-        "interop": ["transformers", "megatron-core", "deepspeed"],
-    },
-    entry_points={"console_scripts": ["gpt3d=gpt3d.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+# Name, version, dependencies and the `gpt3d` command are in pyproject.toml.
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -39,7 +39,7 @@ for arch in sm_80 sm_90; do
 done
 # The bindings: every torch / c10::cuda API they use must exist in the installed torch's headers.
 mapfile -t bindings < <(find csrc -name '*_cuda_binding.cpp' | sort)
-read -r torch_include python_include < <(python -c "import os, sysconfig, torch; print(os.path.join(os.path.dirname(
+read -r torch_include python_include < <("${PYTHON:-python}" -c "import os, sysconfig, torch; print(os.path.join(os.path.dirname(
     torch.__file__), 'include'), sysconfig.get_paths()['include'])")
 cuda_include="${CUDA_HOME:-/usr/local/cuda}/include"
 [[ -f "$cuda_include/cuda_runtime_api.h" ]] || cuda_include="$(dirname "$(dirname "$(readlink -f "$NVCC")")")/include"

@@ -1,7 +1,7 @@
 """Checkpoints: layout-independent safetensors + JSON, exact resume, conversion between layouts and frameworks.
 
 Imports are lazy so that `gpt3d convert` / `gpt3d inspect` between gpt3d layouts never import torch (their memory
-stays bounded by the largest tensor). See the main README, "Checkpoints", for the format.
+stays bounded by the largest tensor). See docs/checkpoints.md for the format.
 """
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ def _import_foreign(args) -> tuple[ArraySource, object]:
     else:
         from gpt3d.interop.deepspeed import load_deepspeed
         model_cfg = _model_config_from_args(args, "deepspeed")
-        sd = load_deepspeed(str(args.src), tag=args.tag)
+        sd = load_deepspeed(str(args.src), tag=args.tag, trusted=args.trusted)
     import torch
     arrays = {}
     for name, tensor in sd.items():
@@ -269,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--megatron-format", choices=("legacy", "torch_dist"), default="torch_dist",
                         help="--to megatron: checkpoint flavour")
     parser.add_argument("--trusted", action="store_true",
-                        help="--from megatron legacy: allow reading its pickled .pt files (only for files you trust)")
+                        help="--from megatron|deepspeed: allow full unpickling of their pickled files (runs code from them: only for files you trust)")
     parser.add_argument("--tag", help="--from deepspeed: the checkpoint tag (default: the 'latest' file)")
     parser.add_argument("--config", help="--from megatron|deepspeed|hf: run config (model shape, training defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -282,8 +282,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         out = convert(args)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, ValueError) as exc:
         print(f"gpt3d convert: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only destination: the partial .tmp directory is already removed
+        from gpt3d.oserror import os_error_line
+        print(f"gpt3d convert: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     print(f"gpt3d convert: wrote {out} ({args.to_format}) in {time.perf_counter() - start:.1f}s")
     return 0

@@ -13,6 +13,7 @@ any checkpoint by asking for the regions it needs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,11 +22,23 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from .errors import CheckpointError
-from .safetensors_io import STORAGE, SafetensorsReader, SafetensorsWriter, file_sha256
+from .safetensors_io import STORAGE, SafetensorsReader, SafetensorsWriter, file_sha256, with_path
 
 FORMAT = "gpt3d-checkpoint"
 VERSION = 1
 METADATA = "metadata.json"
+META_SHA = "metadata_sha256"  # sha256 of the rest of metadata.json (canonical JSON), so no edit goes unnoticed
+
+
+def metadata_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != META_SHA}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def is_plain_file_name(name) -> bool:
+    """A file directly inside the checkpoint directory: no separator, not '.', '..' or empty."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name
 
 
 def rank_file_name(tp: int, pp: int, dp: int) -> str:
@@ -100,7 +113,11 @@ class Checkpoint:
         self.files: dict[str, dict] = meta["files"]
         self._readers: dict[str, SafetensorsReader] = {}
         self._verified: set[str] = set()
-        self.check_files()
+        try:
+            self.check_files()
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{meta_path}: malformed entry ({type(exc).__name__}: {exc}): corrupted metadata; "
+                                  f"resume from another checkpoint") from None
 
     # -- description ----------------------------------------------------------------------------------------------
     @property
@@ -138,6 +155,13 @@ class Checkpoint:
 
     # -- integrity ------------------------------------------------------------------------------------------------
     def check_files(self) -> None:
+        if not isinstance(self.files, dict) or not isinstance(self.tensors, dict):
+            raise CheckpointError(f"{self.meta_path}: 'files' and 'tensors' must be mappings: corrupted metadata")
+        for name in self.files:
+            if not is_plain_file_name(name):
+                raise CheckpointError(f"{self.meta_path}: lists file {name!r}, which is not a plain file name inside "
+                                      f"{self.path}; a checkpoint only reads its own files: the metadata is corrupted "
+                                      f"or hostile")
         for name, info in self.files.items():
             path = self.path / name
             if not path.is_file():
@@ -147,17 +171,53 @@ class Checkpoint:
             if size != int(info["bytes"]):
                 raise CheckpointError(f"{path}: {size} bytes, but {self.meta_path} records {info['bytes']}: "
                                       f"truncated or modified; resume from another checkpoint")
+        self._pieces_by_file: dict[str, list[tuple[str, dict, dict]]] = {}
         for tname, t in self.tensors.items():
             for p in t["pieces"]:
                 if p["file"] not in self.files:
-                    raise CheckpointError(f"{self.meta_path}: tensor {tname} names file {p['file']}, which is not "
+                    raise CheckpointError(f"{self.meta_path}: tensor {tname} names file {p['file']!r}, which is not "
                                           f"listed: corrupted metadata")
+                self._check_piece_region(tname, t, p)
+                self._pieces_by_file.setdefault(p["file"], []).append((tname, t, p))
+
+    def _check_piece_region(self, tname: str, t: dict, p: dict) -> None:
+        shape, start, size, flat = t["shape"], p["start"], p["size"], p["flat"]
+        ok = t["dtype"] in STORAGE and len(start) == len(size) == len(shape) and all(
+            0 <= a and 0 < n and a + n <= s for a, n, s in zip(start, size, shape))
+        if ok and flat is not None:
+            ok = len(flat) == 2 and 0 <= flat[0] < flat[1] <= _numel(size)
+        if not ok:
+            raise CheckpointError(f"{self.meta_path}: tensor {tname} (dtype {t['dtype']}, shape {shape}) has a piece "
+                                  f"start={start} size={size} flat={flat} outside it: corrupted metadata; resume from "
+                                  f"another checkpoint")
+
+    def check_pieces(self, file: str, reader: SafetensorsReader) -> None:
+        """Every piece stored in `file` against its safetensors header: the key exists with the tensor's dtype and
+        the piece's shape, so no read can reach another tensor's bytes."""
+        for tname, t, p in self._pieces_by_file.get(file, ()):
+            stored = reader.tensors.get(p["key"])
+            want = [p["flat"][1] - p["flat"][0]] if p["flat"] is not None else list(p["size"])
+            if stored is None or stored["dtype"] != t["dtype"] or list(stored["shape"]) != want:
+                have = "no such key" if stored is None else f"{stored['dtype']} {list(stored['shape'])}"
+                raise CheckpointError(f"{self.meta_path}: tensor {tname} expects key {p['key']!r} of {reader.path} "
+                                      f"to be {t['dtype']} {want}, but its header has {have}: the metadata does not "
+                                      f"match the file; resume from another checkpoint")
+
+    def verify_metadata(self) -> None:
+        recorded = self.meta.get(META_SHA)
+        if recorded != metadata_digest(self.meta):
+            what = "has no checksum" if recorded is None else "does not match its recorded sha256"
+            raise CheckpointError(f"{self.meta_path}: {what} ({META_SHA}): the metadata was edited or corrupted; "
+                                  f"resume from another checkpoint")
 
     def verify(self, files: Optional[Iterable[str]] = None, on_bytes: Optional[Callable[[int], None]] = None) -> None:
-        """Compare the SHA-256 of each file (default: all) with the metadata; each file is hashed once."""
+        """Check metadata.json's own checksum, then compare the SHA-256 of each file (default: all) with the
+        metadata and its pieces with its header; each file is checked once."""
+        self.verify_metadata()
         for name in (self.files if files is None else files):
             if name in self._verified:
                 continue
+            self._reader(name)  # header and pieces checked
             path = self.path / name
             digest = file_sha256(path)
             if digest != self.files[name]["sha256"]:
@@ -184,7 +244,15 @@ class Checkpoint:
 
     def _reader(self, file: str) -> SafetensorsReader:
         if file not in self._readers:
-            self._readers[file] = SafetensorsReader(self.path / file)
+            if file not in self.files:
+                raise CheckpointError(f"{self.meta_path}: names file {file!r}, which is not listed: corrupted metadata")
+            reader = SafetensorsReader(self.path / file)
+            try:
+                self.check_pieces(file, reader)
+            except CheckpointError:
+                reader.close()
+                raise
+            self._readers[file] = reader
         return self._readers[file]
 
     def close(self) -> None:
@@ -295,8 +363,12 @@ def merge_tensors(into: dict, tensors: dict) -> None:
 
 def write_metadata(directory: Path, meta: dict) -> None:
     meta = {"format": FORMAT, "version": VERSION, **meta}
-    with open(directory / METADATA, "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
+    meta[META_SHA] = metadata_digest(meta)
+    try:
+        with open(directory / METADATA, "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise with_path(exc, directory / METADATA) from None
     fsync_dir(directory)

@@ -42,6 +42,8 @@ def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     out.update({"final_ln.weight": (d,), "final_ln.bias": (d,)})
     if not cfg.tie_embeddings:
         out["head.weight"] = (v, d)
+    for head, width in cfg.task_heads.items():  # fine-tuning heads (classify, reward): last stage, TP-replicated
+        out.update({f"task_heads.{head}.weight": (width, d), f"task_heads.{head}.bias": (width,)})
     return out
 
 
@@ -103,7 +105,7 @@ def owner_stage_ranks(cfg: ModelConfig, layout: TargetLayout) -> dict[str, int]:
     out = {}
     for name in model_shapes(cfg):
         key = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else name
-        out[name] = owner[key]
+        out[name] = layout.pp - 1 if name.startswith("task_heads.") else owner[key]
     return out
 
 

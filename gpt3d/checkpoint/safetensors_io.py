@@ -66,7 +66,10 @@ class SafetensorsWriter:
         self.size = 8 + len(raw) + offset
 
     def _put(self, data) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:  # name the file: a bare write error (disk full) carries no path
+            raise with_path(exc, self.path) from None
         self._hash.update(data)
 
     def write(self, name: str, array: np.ndarray) -> None:
@@ -84,13 +87,19 @@ class SafetensorsWriter:
             missing = [e[0] for e in self._expected[self._next:]]
             self._file.close()
             raise CheckpointError(f"{self.path}: closed before writing {missing[:3]}...")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            raise with_path(exc, self.path) from None
         return self._hash.hexdigest(), self.size
 
     def abort(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()  # flushing what is buffered can fail again on a full disk
+        except OSError:
+            pass
 
 
 class SafetensorsReader:
@@ -113,10 +122,18 @@ class SafetensorsReader:
             header = json.loads(self._file.read(n))
         except ValueError:
             raise self._bad("header is not valid JSON: corrupted") from None
+        if not isinstance(header, dict):
+            raise self._bad("header is not a JSON object: corrupted")
         self.metadata = header.pop("__metadata__", {}) or {}
         self.data_start = 8 + n
         self.tensors: dict[str, dict] = header
-        end = max((t["data_offsets"][1] for t in header.values()), default=0)
+        end = 0
+        for name, t in sorted(header.items(), key=lambda kv: _offsets(kv[1])):
+            lo, hi = _offsets(t)
+            if t.get("dtype") not in STORAGE or not _is_shape(t.get("shape")) or lo < end or \
+                    hi - lo != nbytes_of(t["dtype"], t["shape"]):
+                raise self._bad(f"header entry {name!r} ({t}) is not a tensor of its own bytes: corrupted")
+            end = hi
         if self.data_start + end > size:
             raise self._bad(f"tensor data ends at byte {self.data_start + end} but the file has {size}: truncated")
 
@@ -158,6 +175,24 @@ class SafetensorsReader:
         dtype, shape, start = self._info(name)
         out = np.empty(hi - lo, dtype) if out is None else out
         return self._read_into(out, start + lo * dtype.itemsize)
+
+
+def _offsets(entry) -> tuple[int, int]:
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+        return (-1, -1)
+    return offsets[0], offsets[1]
+
+
+def _is_shape(shape) -> bool:
+    return isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
+
+
+def with_path(exc: OSError, path) -> OSError:
+    """The same error, naming `path` when it names none."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

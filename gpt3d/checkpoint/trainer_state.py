@@ -242,6 +242,13 @@ def check_compatible(ckpt: Checkpoint, cfg) -> None:
         problems.append(f"tensors the model does not have {extra[:4]}{'...' if len(extra) > 4 else ''}")
     if wrong:
         problems.append(f"shapes differ: {'; '.join(wrong[:4])}{'...' if len(wrong) > 4 else ''}")
+    optimizer_steps = int(ckpt.trainer.get("optimizer", {}).get("step_count", 0) or 0)
+    no_moments = [n for n in have if not (ckpt.has("optim/exp_avg/" + n[len("model/"):]) and
+                                          ckpt.has("optim/exp_avg_sq/" + n[len("model/"):]))]
+    if not problems and no_moments and optimizer_steps > 0 and not cfg.checkpoint.reset_optimizer:
+        problems.append(f"no Adam moments for {no_moments[:2]}{'...' if len(no_moments) > 2 else ''} although the "
+                        f"optimizer had taken {optimizer_steps} steps; pass --reset-optimizer to continue with fresh "
+                        f"moments and a new step count")
     ck_G = ckpt.trainer.get("data", {}).get("global_batch_size")
     if not problems and ck_G is not None and ck_G != cfg.train.global_batch_size and ckpt.step > 0:
         problems.append(f"train.global_batch_size: checkpoint {ck_G}, run {cfg.train.global_batch_size} (the data "
@@ -284,7 +291,8 @@ def load_into_trainer(trainer, ckpt: Checkpoint) -> dict:
     check_compatible(ckpt, trainer.cfg)
     names = _names(trainer)
     params = [(names[id(p)], p) for chunk in trainer.chunks for p in chunk.parameters()]
-    has_optim = all(ckpt.has(f"optim/exp_avg/{n}") and ckpt.has(f"optim/exp_avg_sq/{n}") for n, _ in params)
+    has_optim = not trainer.cfg.checkpoint.reset_optimizer and all(
+        ckpt.has(f"optim/exp_avg/{n}") and ckpt.has(f"optim/exp_avg_sq/{n}") for n, _ in params)
     # Verify every file this rank reads before changing anything.
     files = set()
     for name, p in params:

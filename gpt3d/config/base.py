@@ -15,6 +15,32 @@ class ConfigError(ValueError):
     """A config value is unknown, of the wrong type, or impossible. The message names the key and the fix."""
 
 
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """yaml.safe_load, except a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice (line {seen[key] + 1} and line "
+                                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+    return UniqueKeyLoader
+
+
+def load_yaml(text: str):
+    """Parse YAML safely, refusing duplicate keys (raises yaml.YAMLError, which callers turn into a ConfigError
+    naming the file)."""
+    import yaml
+    return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+
+
 def field(default: Any = dataclasses.MISSING, *, doc: str, default_factory: Any = dataclasses.MISSING):
     """A dataclass field with its documentation attached (shown by `gpt3d config --help-keys`)."""
     if default_factory is not dataclasses.MISSING:

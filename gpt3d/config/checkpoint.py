@@ -15,6 +15,8 @@ class CheckpointConfig:
     async_save: bool = field(False, doc="write files in a background thread after copying tensors to host memory")
     resume: str = field("auto", doc="auto = newest complete checkpoint in the run directory; none; or a path")
     save_on_exit: bool = field(True, doc="save when training ends or a pre-timeout/termination signal arrives")
+    reset_optimizer: bool = field(False, doc="resume from a checkpoint without Adam moments (fresh moments, step "
+                                             "count 0); without it such a checkpoint is refused")
 
     def __post_init__(self):
         require(self.save_interval >= 0, "checkpoint.save_interval", "must be >= 0")

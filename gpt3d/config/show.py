@@ -1,4 +1,4 @@
-"""`gpt3d presets`: the preset table (the README's table is generated from the same data)."""
+"""`gpt3d presets`: the preset table (docs/configs.md's table is generated from the same data)."""
 from __future__ import annotations
 
 import argparse

@@ -78,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         print(f"gpt3d preprocess: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only output: the writers have removed their partial files
+        from gpt3d.oserror import os_error_line
+        if exc.filename is None and exc.errno is not None:  # a bare write error: name what was being written
+            exc = OSError(exc.errno, exc.strerror, f"{args.output_prefix}.bin/.idx")
+        print(f"gpt3d preprocess: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     print(f"gpt3d preprocess: wrote {args.output_prefix}.bin/.idx: {stats.documents} documents, {stats.tokens} tokens "
           f"from {stats.input_bytes / 1e6:.1f} MB in {stats.seconds:.1f} s ({stats.megabytes_per_second:.1f} MB/s)"
           + (f"; skipped {stats.skipped_empty} empty documents" if stats.skipped_empty else ""))

@@ -70,12 +70,13 @@ def load_megatron(directory: str, trusted: bool = False,
                   cfg: Optional[ModelConfig] = None) -> tuple[Optional[ModelConfig], dict[str, torch.Tensor]]:
     """(config, gpt3d full state dict) of a Megatron checkpoint (legacy or torch_dist, found by its files) at any
     tp/pp. The config comes from the checkpoint's `args` unless `cfg` is given. Megatron pickles `args`: files are
-    read with weights_only=True (plus argparse.Namespace) unless `trusted=True`. When no config is known (`args`
+    read with weights_only=True (plus argparse.Namespace) and a torch_dist `.metadata` with an allow-list of DCP's
+    metadata classes, unless `trusted=True`. When no config is known (`args`
     unreadable and no cfg), returns (None, state dict with Megatron's vocabulary rows); fit it with
     `fit_vocab(sd, cfg)`."""
     iteration_dir = find_iteration_dir(directory)
     if is_dist(iteration_dir):
-        merged = read_dist(iteration_dir)
+        merged = read_dist(iteration_dir, trusted)
         args = None
         try:
             common = read_common(iteration_dir, trusted)

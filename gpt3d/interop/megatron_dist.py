@@ -76,16 +76,15 @@ def read_common(iteration_dir: str, trusted: bool) -> Optional[dict]:
     return read_pt(path, trusted) if os.path.isfile(path) else None
 
 
-def read_dist(iteration_dir: str) -> dict[str, torch.Tensor]:
-    """Every tensor of a torch_dist checkpoint under gpt3d names (Megatron's vocab padding kept)."""
+def read_dist(iteration_dir: str, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of a torch_dist checkpoint under gpt3d names (Megatron's vocab padding kept). The `.metadata`
+    index is unpickled with an allow-list of DCP's metadata classes unless `trusted`."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-    reader = dcp.FileSystemReader(iteration_dir)
-    try:
-        metadata = reader.read_metadata()
-    except Exception as exc:
-        raise InteropError(f"{iteration_dir}: cannot read the torch_dist index .metadata ({exc}); copy the complete "
-                           f"checkpoint") from exc
+
+    from .dcp_metadata import safe_filesystem_reader
+    reader = safe_filesystem_reader(iteration_dir, trusted)
+    metadata = reader.read_metadata()
     state = {key: torch.empty(md.size, dtype=md.properties.dtype)
              for key, md in metadata.state_dict_metadata.items() if isinstance(md, TensorStorageMetadata)}
     with warnings.catch_warnings():

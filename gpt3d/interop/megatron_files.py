@@ -2,7 +2,7 @@
 
 Megatron pickles its training `args` (an argparse.Namespace) into every .pt file. Without trust a file is read with
 torch.load(weights_only=True), allowing only argparse.Namespace beyond tensors and primitives; anything else needs
-`trusted=True` (CLI: --trust-megatron-pickle), which runs the file's pickle code."""
+`trusted=True` (CLI: `gpt3d convert --trusted`), which runs the file's pickle code."""
 from __future__ import annotations
 
 import argparse
@@ -68,7 +68,7 @@ def read_pt(path: str, trusted: bool) -> dict[str, Any]:
         raise InteropError(
             f"{path}: cannot be read with torch.load(weights_only=True) ({reason}). Megatron pickles its training "
             f"`args` into checkpoints, and reading them runs code from the file: if you trust this checkpoint, pass "
-            f"trusted=True (CLI: --trust-megatron-pickle).") from exc
+            f"--trusted (Python: trusted=True).") from exc
 
 
 def claim_directory(directory: str, overwrite: bool) -> None:

@@ -201,10 +201,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 
     layout: bool [heads, seq/block, seq/block] (lower-block-triangular with the diagonal) or a CompiledLayout.
     scale: score scale, default 1/sqrt(d_head). impl: "fused" (the C++/CUDA kernel; the reference with a one-time
-    warning when the extension is not built) or "reference" (dense PyTorch math).
+    warning when the extension is not built; "auto" is the same: the block-sparse kernel skips the masked blocks that the
+    dense reference computes, on every CPU path) or "reference" (dense PyTorch math).
     """
-    if impl not in ("fused", "reference"):
-        raise ValueError(f"block_sparse_attention: impl must be 'fused' or 'reference', got {impl!r}")
+    if impl not in ("auto", "fused", "reference"):
+        raise ValueError(f"block_sparse_attention: impl must be 'auto', 'fused' or 'reference', got {impl!r}")
     _check_inputs(q, k, v, layout, block)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if impl == "reference":

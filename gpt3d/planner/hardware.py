@@ -9,10 +9,12 @@ import os
 import time
 from dataclasses import dataclass, replace
 
+from .gemm_shape import shape_efficiency
+
 GiB = 1024 ** 3
 GB = 1e9
 
-# --- achievable fractions (one value for all GPUs; see the main README, "Planning a run") ----------------------------------
+# --- achievable fractions (one value for all GPUs; see docs/planner.md) ------------------------------------------------
 NCCL_NVLINK_BUS_EFFICIENCY = 0.80
 """nccl-tests all-reduce bus bandwidth on a DGX A100 / H100 reaches ~80% of the unidirectional NVLink rate."""
 NCCL_IB_BUS_EFFICIENCY = 0.90
@@ -330,7 +332,6 @@ def measure_cpu_spec(threads: int | None = None, measure_link: bool = False) -> 
 
 def _cpu_shape_factor(n: int) -> float:
     """The efficiency curve's shape factor at the measured square GEMM (one core count's worth of tiles)."""
-    from .efficiency import shape_efficiency
     return shape_efficiency(n, n, n, 1, num_sms=1, tile_m=CPU_GEMM_TILE, tile_n=CPU_GEMM_TILE,
                             k_overhead=CPU_GEMM_K_OVERHEAD)
 

@@ -1,5 +1,5 @@
 """Per-layer throughput profiler (`gpt3d profile`): time, FLOPs, TFLOP/s, MFU and memory for every layer, pipeline
-stage and communication group of a few training steps. See the main README, "Profiling"."""
+stage and communication group of a few training steps. See docs/profiler.md."""
 from .report import build_report, print_table, theoretical_bubble, write_outputs
 from .session import ProfileOptions, profile_rank, run_profile
 from .step import StepProfile, TrainerProfiler

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gpt3d.config.run import RunConfig
 from gpt3d.model.flops import BACKWARD_TO_FORWARD_RATIO, megatron_model_flops
+from gpt3d.parallel.pipeline.simulator import stage_costs_from_events
 
 from .comm_timing import COMM_GROUPS
 from .segments import KIND_LABELS
@@ -94,7 +95,7 @@ def build_report(cfg: RunConfig, options, layout, num_micro: int, ranks: list[di
         "version": 1,
         "config": options.config_name, "preset": cfg.preset,
         "layout": {"tp": tp, "pp": pp, "dp": dp, "vp": vp, "world_size": layout.world_size,
-                   "schedule": "interleaved" if vp > 1 else cfg.parallel.schedule,
+                   "schedule": cfg.parallel.schedule,
                    "recompute": cfg.parallel.recompute, "sequence_parallel": cfg.parallel.sequence_parallel},
         "batch": {"global_batch_size": G, "micro_batch_size": cfg.train.micro_batch_size, "num_micro": num_micro,
                   "seq_len": seq, "dtype": cfg.train.dtype},
@@ -108,6 +109,8 @@ def build_report(cfg: RunConfig, options, layout, num_micro: int, ranks: list[di
         "timeline": [{"rank": r["rank"], "stage": r["pp_rank"], "tp_rank": r["tp_rank"], "dp_rank": r["dp_rank"],
                       "window": r["window"], "events": r["events"]} for r in ranks],
         "trace_files": [f for r in ranks for f in r.get("trace_files", [])],
+        # per-stage F / B / W costs for `gpt3d schedule --costs` (gpt3d/parallel/pipeline/simulator.py)
+        "schedule_costs": stage_costs_from_events([r["events"] for r in ranks], vp),
     }
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
-from gpt3d.config.base import ConfigError, field, from_dict, require
+from gpt3d.config.base import ConfigError, field, from_dict, load_yaml, require
 from gpt3d.config.run import REPO_CONFIGS
+from gpt3d.planner.hardware import GPUS
 
 CLUSTERS_DIR = REPO_CONFIGS / "clusters"
 
@@ -49,24 +49,16 @@ def load_cluster(name_or_path: str | os.PathLike) -> ClusterConfig:
         raise ConfigError(f"cluster: no preset {str(name_or_path)!r}; known: {', '.join(known_clusters())} "
                           f"(or pass a YAML path shaped like configs/clusters/a100-80gb.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cluster {path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"cluster {path}: expected a mapping, got {type(data).__name__}")
     data.setdefault("name", path.stem)
     cluster = from_dict(ClusterConfig, data, "cluster")
-    known = gpu_names()
-    if known is not None and cluster.gpu not in known:
+    known = sorted(GPUS)
+    if cluster.gpu not in known:
         raise ConfigError(f"cluster.gpu: {cluster.gpu!r} in {path} is not a GPU the planner knows; "
                           f"use one of {', '.join(known)}")
     return cluster
 
-
-def gpu_names() -> Optional[list[str]]:
-    """The planner's GPU names, or None while gpt3d.planner is not available."""
-    try:
-        from gpt3d.planner.hardware import GPUS
-    except ImportError:
-        return None
-    return sorted(GPUS)

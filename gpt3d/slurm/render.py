@@ -19,7 +19,8 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def time_limit_seconds(text: str) -> int:
-    """SLURM's --time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds."""
+    """SLURM's --time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds; minutes and seconds
+    below 60 (and hours below 24 after a day count), a limit above zero."""
     if not _TIME_RE.match(text):
         raise RenderError(f"--time {text!r}: use SLURM's format, e.g. 48:00:00 or 2-00:00:00")
     days, _, rest = text.rpartition("-")
@@ -30,7 +31,14 @@ def time_limit_seconds(text: str) -> int:
         hours, minutes, seconds = parts
     else:  # MM or MM:SS
         hours, (minutes, seconds) = 0, (parts + [0])[:2]
-    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+    minutes_first = not days and len(parts) < 3  # MM or MM:SS: the minutes may exceed 59 (SLURM's "MM")
+    if (not minutes_first and minutes > 59) or seconds > 59 or (days and hours > 23):
+        raise RenderError(f"--time {text!r}: minutes and seconds must be 0-59 (hours 0-23 after a day count), "
+                          f"e.g. 48:00:00 or 2-00:00:00")
+    total = ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise RenderError(f"--time {text!r}: the time limit must be above zero, e.g. 48:00:00")
+    return total
 
 
 class _SbatchTemplate(string.Template):

@@ -13,7 +13,8 @@ from gpt3d.config.run import resolve_config_path
 from .clusters import ClusterConfig, load_cluster
 from .commands import SlurmError, run_slurm
 from .layout import JobLayout, SubmitLayoutError, check_memory, resolve_layout
-from .render import DEFAULT_SIGNAL_SECONDS, DEFAULT_TEMPLATE, JobSpec, RenderError, render_script, train_command
+from .render import (DEFAULT_SIGNAL_SECONDS, DEFAULT_TEMPLATE, JobSpec, RenderError, render_script, time_limit_seconds,
+                     train_command)
 
 DEFAULT_CLUSTER = "a100-80gb"
 EXIT_BAD_INPUT = 2  # nothing was submitted because the request is wrong
@@ -78,7 +79,14 @@ def _build_spec(args: argparse.Namespace) -> tuple[JobSpec, JobLayout, Optional[
     cluster = None
     if args.cluster is not None or not args.cpu_only:
         cluster = load_cluster(args.cluster or DEFAULT_CLUSTER)
-    gpus_per_node = args.gpus_per_node or (cluster.gpus_per_node if cluster else None)
+    for flag, value in (("--nodes", args.nodes), ("--gpus-per-node", args.gpus_per_node),
+                        ("--cpus-per-task", args.cpus_per_task)):
+        if value is not None and value < 1:
+            raise RenderError(f"{flag} {value}: must be >= 1 (leave it out to use the cluster preset's value)")
+    if args.time is not None:
+        time_limit_seconds(args.time)
+    gpus_per_node = args.gpus_per_node if args.gpus_per_node is not None else (
+        cluster.gpus_per_node if cluster else None)
     if gpus_per_node is None:
         raise RenderError("--gpus-per-node is required with --cpu-only (it is the number of ranks per node)")
     config_path = resolve_config_path(args.config).resolve()
@@ -87,9 +95,7 @@ def _build_spec(args: argparse.Namespace) -> tuple[JobSpec, JobLayout, Optional[
     memory_note = "GPU memory check skipped (--cpu-only)"
     if not args.cpu_only:
         assert cluster is not None
-        breakdown = check_memory(run, layout, cluster.gpu)
-        memory_note = (f"fits {cluster.gpu}: {breakdown.describe()}" if breakdown is not None
-                       else "GPU memory check skipped: gpt3d.planner is not available")
+        memory_note = f"fits {cluster.gpu}: {check_memory(run, layout, cluster.gpu).describe()}"
     job_name = args.job_name or f"gpt3d-{config_path.stem}"
     run_dir = Path(args.out or Path("runs") / job_name).resolve()
     command = args.command or train_command(args.python, config_path, run_dir, args.overrides,
@@ -99,7 +105,8 @@ def _build_spec(args: argparse.Namespace) -> tuple[JobSpec, JobLayout, Optional[
     spec = JobSpec(
         job_name=job_name, nodes=args.nodes, tasks_per_node=gpus_per_node, run_dir=run_dir, command=command,
         workdir=Path.cwd(), gpus=not args.cpu_only,
-        cpus_per_task=args.cpus_per_task or (cluster.cpus_per_task if cluster and not args.cpu_only else 1),
+        cpus_per_task=args.cpus_per_task if args.cpus_per_task is not None else (
+            cluster.cpus_per_task if cluster and not args.cpu_only else 1),
         partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint, time=args.time,
         signal_seconds=args.signal_seconds, requeue=args.requeue, env=env,
         setup=[*(cluster.setup if cluster else []), *args.setup],

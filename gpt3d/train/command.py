@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="auto|none|PATH",
                         help="auto (default): continue from the run directory's newest complete checkpoint; none: "
                              "start fresh; PATH: a checkpoint or run directory, in any layout (checkpoint.resume)")
+    parser.add_argument("--reset-optimizer", action="store_true",
+                        help="resume from a checkpoint that lacks Adam moments, starting them fresh "
+                             "(checkpoint.reset_optimizer)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -46,6 +49,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cfg.checkpoint.save_interval = args.save_interval
     if getattr(args, "resume", None) is not None:
         cfg.checkpoint.resume = args.resume
+    if getattr(args, "reset_optimizer", False):
+        cfg.checkpoint.reset_optimizer = True
     cfg.checkpoint.__post_init__()
     return cfg
 
@@ -69,6 +74,36 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume_step: Optional[int] =
     for name in existing:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def drop_newer_checkpoints(run_dir: Path, step: int, overwrite: bool) -> None:
+    """Resuming at `step` a run that has newer checkpoints replaces its later history (the next saves and the
+    auto-resume after them would mix both): only with --overwrite, which then drops them first."""
+    from gpt3d.checkpoint.store import complete_checkpoints, delete_checkpoint
+    newer = [path for s, path in complete_checkpoints(run_dir / CHECKPOINTS) if s > step]
+    if newer and not overwrite:
+        raise ConfigError(f"--resume: the checkpoint is at step {step} but {run_dir} has newer checkpoints "
+                          f"({', '.join(p.name for p in newer)}); pass --overwrite to continue from step {step} and "
+                          f"drop them (and the metrics after step {step}), or choose another --out to branch the run")
+    for path in newer:
+        delete_checkpoint(path)
+
+
+def written(run_dir: Path) -> str:
+    """What the run wrote, as it is on disk (TensorBoard only when train.tensorboard was on)."""
+    names = [n + ("/" if (run_dir / n).is_dir() else "") for n in ("metrics.jsonl", "config.yaml", "tensorboard",
+                                                                  CHECKPOINTS) if (run_dir / n).exists()]
+    return ", ".join(names) or "nothing written"
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create the run directory and write a probe file in it, so a read-only or missing --out is one line before any
+    rank starts (raises the OSError)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    probe = run_dir / f".gpt3d-write-probe-{os.getpid()}"
+    with open(probe, "w") as fh:
+        fh.write("ok")
+    probe.unlink()
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -118,12 +153,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             dp = cfg.parallel.dp or 1
             world_size = cfg.parallel.tp * cfg.parallel.pp * dp
-        check_layout(cfg, world_size)
+        layout, num_micro = check_layout(cfg, world_size)
         import torch
         if cfg.train.device == "cpu" or not torch.cuda.is_available():  # GPUs: each rank checks its own (Trainer)
             require_dtype_runs(cfg.train.dtype, compute_dtype(cfg.train.dtype), torch.device("cpu"))
         run_dir = Path(args.out) if args.out else default_run_dir(args.config)
         if launch is None or launch.rank == 0:
+            from .machine_fit import check_machine_fits
+            check_machine_fits(cfg, layout, num_micro, world_size if launch is None else launch.local_world_size)
             checkpoint = checkpoint_to_resume(cfg, run_dir, args.overwrite)
             if checkpoint is None and cfg.checkpoint.resume == "auto":
                 cfg.checkpoint.resume = "none"  # --overwrite: do not pick up the checkpoints about to be removed
@@ -131,21 +168,27 @@ def run(args: argparse.Namespace) -> int:
             if checkpoint is not None:
                 from gpt3d.checkpoint import Checkpoint
                 resume_step = Checkpoint(checkpoint).step
+                drop_newer_checkpoints(run_dir, resume_step, args.overwrite)
                 cfg.checkpoint.resume = str(checkpoint)  # every rank loads exactly the checkpoint checked here
             prepare_run_dir(run_dir, args.overwrite, resume_step)
+            check_writable(run_dir)
         elif args.overwrite and cfg.checkpoint.resume == "auto":
             cfg.checkpoint.resume = "none"  # rank 0 removes the old checkpoints
         if launch is None:
             build_data(cfg)  # data errors surface here, before any rank starts; builds the default corpus once
-    except (ConfigError, LayoutError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, LayoutError, ValueError) as exc:
         print(f"gpt3d train: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from gpt3d.oserror import os_error_line
+        print(f"gpt3d train: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
 
     if launch is not None:
         export_torch_env(launch)
         train_rank(cfg, str(run_dir), launch.rank, launch.world_size, launch.local_rank, launch.local_world_size)
         if launch.rank == 0:
-            print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)", flush=True)
+            print(f"gpt3d: run directory {run_dir} ({written(run_dir)})", flush=True)
         from gpt3d.launch.spawn import leave_job
         leave_job()
     elif world_size == 1:
@@ -155,6 +198,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpt3d: starting {world_size} local ranks (tp={cfg.parallel.tp} pp={cfg.parallel.pp} "
               f"dp={world_size // (cfg.parallel.tp * cfg.parallel.pp)} vp={cfg.parallel.vp})", flush=True)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        spawn(_spawned_rank, world_size, cfg, str(run_dir))
-    print(f"gpt3d: run directory {run_dir} (metrics.jsonl, config.yaml, tensorboard/, checkpoints/)")
+        from gpt3d.launch.spawn import RankFailed
+        try:
+            spawn(_spawned_rank, world_size, cfg, str(run_dir))
+        except RankFailed as exc:  # a dead rank is one line, not the launcher's traceback
+            print(f"gpt3d train: error: {exc}", file=sys.stderr)
+            return exc.exit_status
+    print(f"gpt3d: run directory {run_dir} ({written(run_dir)})")
     return 0

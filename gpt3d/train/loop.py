@@ -26,6 +26,9 @@ def dataset_sizes(cfg: RunConfig) -> dict[str, int]:
 
 
 def build_data(cfg: RunConfig):
+    if cfg.train.objective != "pretrain":  # fine-tuning: packed JSONL examples (gpt3d/finetune/data.py)
+        from gpt3d.finetune.data import build_finetune_data
+        return build_finetune_data(cfg)
     from gpt3d.data.gpt_dataset import build_datasets
     return build_datasets(cfg.data, cfg.train.seq_len, cfg.train.seed, dataset_sizes(cfg), cfg.model.vocab_size,
                           cfg.data.cache_dir)
@@ -53,6 +56,13 @@ def train_rank(cfg: RunConfig, run_dir: str, rank: int, world_size: int, local_r
     handler = PreemptionHandler().install()  # SIGUSR1 / SIGTERM: finish the step, save, requeue, exit 0
     try:
         return _train(cfg, run_dir, rt, handler)
+    except OSError as exc:  # disk full, read-only run directory: one line, and no partial checkpoint left behind
+        from gpt3d.checkpoint.store import CHECKPOINTS, remove_partial_saves
+        from gpt3d.oserror import os_error_line
+        if rank == 0:
+            remove_partial_saves(run_dir / CHECKPOINTS)
+        print(f"gpt3d train: error: {os_error_line(exc)} (rank {rank})", file=sys.stderr, flush=True)
+        os._exit(1)
     except Exception as exc:  # noqa: BLE001 - report where, then exit without hanging in teardown
         report_failure(ctx, exc)
         traceback.print_exc()
@@ -70,7 +80,7 @@ def resume(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> int:
         return 0
     summary = load_into_trainer(trainer, Checkpoint(path))
     if trainer.ctx.rank == 0:
-        moments = "with optimizer state" if summary["optimizer"] else "without optimizer state (fresh Adam moments)"
+        moments = "with optimizer state" if summary["optimizer"] else "with fresh Adam moments (step count 0)"
         rng = "" if summary["rng"] else "; new layout: dropout RNG streams re-seeded"
         print(f"gpt3d: resumed from {path} at step {summary['step']} {moments}{rng}", flush=True)
     return summary["step"]
@@ -82,7 +92,11 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
     ctx = rt.ctx
     is_logger = ctx.rank == 0
     data = build_data(cfg)
-    trainer = Trainer(cfg, rt)
+    if cfg.train.objective == "pretrain":
+        trainer = Trainer(cfg, rt)
+    else:
+        from gpt3d.finetune.trainer import ObjectiveTrainer
+        trainer = ObjectiveTrainer(cfg, rt)
     saver = CheckpointSaver(trainer, run_dir)
     start = resume(cfg, run_dir, trainer)
     G, seq = cfg.train.global_batch_size, cfg.train.seq_len

@@ -26,8 +26,11 @@ class MetricsLog:
             self.progress.start()
 
     def log(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as exc:  # name the file: a bare write error (disk full) carries no path
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

@@ -91,3 +91,14 @@ def test_bad_yaml(tmp_path):
     (tmp_path / "y.yaml").write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="expected a mapping of sections"):
         load_config(tmp_path / "y.yaml")
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("model:\n  n_layers: 2\n  d_model: 64\n  n_layers: 12\n")
+    with pytest.raises(ConfigError, match=rf"^config {path}: not valid YAML \(.*key 'n_layers' appears twice \(line 2 "
+                                          rf"and line 4\); keep one"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"--set 'model={a: 1, a: 2}': value is not valid YAML \(.*key 'a' appears "
+                                          r"twice"):
+        load_config("tiny", ["model={a: 1, a: 2}"])

@@ -61,7 +61,8 @@ def test_explicit_tag_and_no_config(trained):
 
 def test_bad_directories_get_clear_errors(trained, tmp_path):
     out, _, cfg = trained
-    with pytest.raises(InteropError, match=rf"^{tmp_path}: no 'latest' file naming the checkpoint tag; pass tag="):
+    with pytest.raises(InteropError, match=rf"^{tmp_path}: no 'latest' file naming the checkpoint tag; pass --tag "
+                                           rf"\(Python: tag=\)"):
         load_deepspeed(str(tmp_path))
     with pytest.raises(InteropError, match=r"the checkpoint tag 'global_step9' has no folder"):
         load_deepspeed(str(out / "zero2"), tag="global_step9")
@@ -82,7 +83,7 @@ def test_file_carrying_code_needs_trust(trained, tmp_path):
     states["note"] = pathlib.PurePosixPath("/somewhere")  # not plain data: weights_only refuses it
     torch.save(states, path)
     with pytest.raises(InteropError, match=rf"^{path}: cannot be read with torch.load\(weights_only=True\) .* if you "
-                                           rf"trust this checkpoint, pass trusted=True$"):
+                                           rf"trust this checkpoint, pass --trusted \(Python: trusted=True\)$"):
         load_deepspeed(str(copy), cfg=cfg)
     trusted = load_deepspeed(str(copy), cfg=cfg, trusted=True)
     plain = load_deepspeed(str(out / "zero2"), cfg=cfg)

@@ -235,7 +235,7 @@ def test_untrusted_pickle_needs_the_flag(tmp_path):
     ckpt["args"].save = pathlib.PurePosixPath("/ckpt")  # real Megatron args hold objects beyond a Namespace
     torch.save(ckpt, path)
     with pytest.raises(InteropError, match=rf"^{path}: cannot be read with torch.load\(weights_only=True\) .*"
-                                           rf"pass trusted=True \(CLI: --trust-megatron-pickle\)\.$"):
+                                           rf"pass --trusted \(Python: trusted=True\)\.$"):
         load_megatron(str(tmp_path))
     loaded, _ = load_megatron(str(tmp_path), trusted=True)
     assert loaded.n_layers == cfg.n_layers

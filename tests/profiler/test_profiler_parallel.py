@@ -32,6 +32,15 @@ def test_pipeline_two_stages(tmp_path):
     for events in lanes.values():  # 4 forwards and 4 backwards per stage, in the 1F1B order
         assert sorted(kind for kind, *_ in events) == ["B"] * 4 + ["F"] * 4
     assert (tmp_path / "profile.png").stat().st_size > 0
+    # Per-stage schedule costs for `gpt3d schedule --costs`: the mean F of the timeline; B measured unsplit (1F1B).
+    forwards = [end - start for events in lanes.values() for kind, _, _, start, end in events if kind == "F"]
+    costs = report["schedule_costs"]
+    assert costs["forward_s"] == pytest.approx(sum(forwards) / len(forwards))
+    assert costs["weight_split_measured"] is False and costs["backward_input_s"] == costs["backward_weight_s"] > 0
+    from gpt3d.cli import main
+    assert main(["schedule", "--kind", "zbh1", "--pp", "2", "-m", "4", "--costs", str(tmp_path / "profile.json"),
+                 "--out", str(tmp_path / "gantt")]) == 0
+    assert (tmp_path / "gantt" / "schedule-zbh1.png").stat().st_size > 0
 
 
 def test_tensor_and_pipeline_parallel_with_full_recompute(tmp_path):

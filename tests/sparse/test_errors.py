@@ -37,7 +37,7 @@ def test_wrapper_errors(fused_kernel, impl):
         block_sparse_attention(q, k, v, LAYOUT, 8, impl=impl)
     with pytest.raises(ValueError, match="torch.bool"):
         block_sparse_attention(q, k, v, LAYOUT.float(), 32, impl=impl)
-    with pytest.raises(ValueError, match="impl must be 'fused' or 'reference'"):
+    with pytest.raises(ValueError, match="impl must be 'auto', 'fused' or 'reference'"):
         block_sparse_attention(q, k, v, LAYOUT, 32, impl="triton")
 
 

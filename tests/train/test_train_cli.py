@@ -100,3 +100,21 @@ def test_three_d_parallel_run_matches_single_process(tmp_path):
     train(tmp_path / "tp2pp2dp2", "--tp", "2", "--pp", "2", "--dp", "2")
     for a, b in zip(losses(tmp_path / "single"), losses(tmp_path / "tp2pp2dp2")):
         assert abs(a - b) <= 1e-5 * abs(a)
+
+
+@pytest.mark.parametrize("override, what", [
+    ("model.n_layers=100000000", "planner estimate"),
+    ("model.d_model=10000000", "planner estimate"),
+    ("train.global_batch_size=10000000000", "dataset indices"),
+])
+def test_a_run_that_cannot_fit_the_machine_is_refused_before_any_rank_starts(tmp_path, override, what):
+    import re
+    extra = ["--set", "model.n_heads=1"] if "d_model" in override else []
+    result = train(tmp_path / "r", "--set", override, *extra, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert "\n" not in line and re.match(r"^gpt3d train: error: this run needs about [\d.]+ GiB of memory: 1 rank\(s\) x "
+                                         r"[\d.]+ GiB \(planner estimate for tp=1 pp=1 dp=1 vp=1: .*\) \+ [\d.]+ GiB of "
+                                         r"dataset indices \([\d,]+ samples = train.steps x train.global_batch_size\), "
+                                         r"but this machine has [\d.]+ GiB available; shrink the model", line), line
+    assert what in line and not (tmp_path / "r").exists()

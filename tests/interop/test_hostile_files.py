@@ -1,0 +1,115 @@
+"""Foreign checkpoints carrying code: a pickle whose payload creates a directory is planted in each format gpt3d
+imports (Megatron legacy .pt, Megatron torch_dist .metadata, DeepSpeed ZeRO .pt). Without --trusted the payload
+never runs and `gpt3d convert` prints one line naming the file and --trusted."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pickle
+
+import pytest
+import torch
+
+from gpt3d.checkpoint.convert import run as convert_main
+from gpt3d.interop import InteropError, load_deepspeed, load_megatron, save_megatron
+
+from .test_megatron import SPECS, model_config, random_gpt3d_state
+
+
+class Payload:
+    """Unpickling this calls os.mkdir(target): proof that code from the file ran."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return os.mkdir, (self.target,)
+
+
+def convert_args(src, dst, fmt: str, trusted: bool = False) -> argparse.Namespace:
+    return argparse.Namespace(src=str(src), dst=str(dst), tp=None, pp=None, vp=None, dp=None, from_format=fmt,
+                              to_format="gpt3d", megatron_format="torch_dist", trusted=trusted, tag=None,
+                              config=None, overrides=[], quiet=True)
+
+
+def refused_by_convert(capsys, src, dst, fmt: str, path) -> None:
+    assert convert_main(convert_args(src, dst, fmt)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"gpt3d convert: error: {path}: "), err
+    assert "--trusted" in err and not dst.exists()
+
+
+def megatron_checkpoint(tmp_path, fmt: str):
+    cfg = dataclasses.replace(model_config(SPECS[1]), n_layers=2)
+    save_megatron(random_gpt3d_state(cfg, 3), cfg, str(tmp_path / "src"), iteration=4, fmt=fmt)
+    return tmp_path / "src", tmp_path / "src" / "iter_0000004"
+
+
+def test_megatron_legacy_pt_payload_does_not_run(tmp_path, capsys):
+    src, iteration = megatron_checkpoint(tmp_path, "legacy")
+    marker = tmp_path / "pwned"
+    path = iteration / "mp_rank_00" / "model_optim_rng.pt"
+    state = torch.load(path, weights_only=False)
+    state["payload"] = Payload(marker)
+    torch.save(state, path)
+    with pytest.raises(InteropError, match=rf"^{path}: cannot be read with torch.load\(weights_only=True\) .*"
+                                           rf"pass --trusted \(Python: trusted=True\)\.$"):
+        load_megatron(str(src))
+    refused_by_convert(capsys, src, tmp_path / "dst", "megatron", path)
+    assert not marker.exists()
+
+
+def test_megatron_torch_dist_metadata_payload_does_not_run(tmp_path, capsys):
+    src, iteration = megatron_checkpoint(tmp_path, "torch_dist")
+    marker = tmp_path / "pwned"
+    path = iteration / ".metadata"
+    with open(path, "rb") as fh:
+        index = pickle.load(fh)  # the real index written by torch.distributed.checkpoint
+    index.planner_data = Payload(marker)
+    with open(path, "wb") as fh:
+        pickle.dump(index, fh)
+    with pytest.raises(InteropError, match=rf"^{path}: refused: global posix.mkdir is not one of "
+                                           rf"torch.distributed.checkpoint's metadata classes; reading it would run "
+                                           rf"code from the file. If you trust this checkpoint, pass --trusted "
+                                           rf"\(Python: trusted=True\)$"):
+        load_megatron(str(src))
+    refused_by_convert(capsys, src, tmp_path / "dst", "megatron", path)
+    assert not marker.exists()
+
+
+def test_megatron_torch_dist_real_index_reads_without_trust(tmp_path):
+    """The allow-list covers every global DCP writes: an untouched torch_dist export round trips exactly."""
+    cfg = dataclasses.replace(model_config(SPECS[1]), n_layers=2)
+    sd = random_gpt3d_state(cfg, 3)
+    save_megatron(sd, cfg, str(tmp_path), iteration=4, fmt="torch_dist")
+    _, back = load_megatron(str(tmp_path))
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_deepspeed_pt_payload_does_not_run(tmp_path, capsys):
+    src = tmp_path / "zero"
+    tag = src / "global_step1"
+    tag.mkdir(parents=True)
+    (src / "latest").write_text("global_step1")
+    marker = tmp_path / "pwned"
+    torch.save({"module": {}, "payload": Payload(marker)}, tag / "mp_rank_00_model_states.pt")
+    path = tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"zero_stage": 2}, "payload": Payload(marker)}, path)
+    with pytest.raises(InteropError, match=rf"^{tag}/mp_rank_00_model_states.pt: cannot be read with "
+                                           rf"torch.load\(weights_only=True\) .* pass --trusted"):
+        load_deepspeed(str(src))
+    assert not marker.exists()
+    args = convert_args(src, tmp_path / "dst", "deepspeed")
+    args.config = "tiny"
+    assert convert_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--trusted" in err and "mp_rank_00_model_states.pt" in err, err
+    assert not marker.exists()
+
+
+def test_deepspeed_tag_must_be_a_plain_name(tmp_path):
+    (tmp_path / "latest").write_text("../../elsewhere")
+    with pytest.raises(InteropError, match=r"checkpoint tag '../../elsewhere' is not a plain folder name inside the "
+                                           r"checkpoint directory; pass --tag NAME"):
+        load_deepspeed(str(tmp_path))

@@ -38,6 +38,7 @@ pytestmark = requires_cuda
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3.2e-2, torch.float16: 4e-3}
 D_MODEL, TOKENS, HEADS, D_HEAD, T = 12288, 4096, 96, 128, 2048
+DEVICE = "cuda"
 EPS = 1e-5
 
 
@@ -75,15 +76,15 @@ def grads(outputs, inputs, seeds):
 
 
 def assert_fused(dtype: torch.dtype) -> None:
-    assert "cuda" in _select.kernel_devices() and dtype in _select.KERNEL_DTYPES["cuda"], (
+    assert DEVICE in _select.kernel_devices() and dtype in _select.KERNEL_DTYPES[DEVICE], (
         f"no fused CUDA kernel is registered for {dtype}")
 
 
 def layer_norm_inputs(dtype):
-    x = (torch.randn(2, TOKENS // 2, D_MODEL, device="cuda") * 2 + 0.5).to(dtype).requires_grad_()
-    w = (1 + 0.3 * torch.randn(D_MODEL, device="cuda")).to(dtype).requires_grad_()
-    b = (0.3 * torch.randn(D_MODEL, device="cuda")).to(dtype).requires_grad_()
-    dy = torch.randn(x.shape, device="cuda").to(dtype)
+    x = (torch.randn(2, TOKENS // 2, D_MODEL, device=DEVICE) * 2 + 0.5).to(dtype).requires_grad_()
+    w = (1 + 0.3 * torch.randn(D_MODEL, device=DEVICE)).to(dtype).requires_grad_()
+    b = (0.3 * torch.randn(D_MODEL, device=DEVICE)).to(dtype).requires_grad_()
+    dy = torch.randn(x.shape, device=DEVICE).to(dtype)
     return x, w, b, dy
 
 
@@ -111,8 +112,8 @@ def test_layer_norm(dtype):
 def test_add_layer_norm(dtype):
     assert_fused(dtype)
     x, w, b, dy = layer_norm_inputs(dtype)
-    r = torch.randn(x.shape, device="cuda").to(dtype).requires_grad_()
-    dtotal = torch.randn(x.shape, device="cuda").to(dtype)
+    r = torch.randn(x.shape, device=DEVICE).to(dtype).requires_grad_()
+    dtotal = torch.randn(x.shape, device=DEVICE).to(dtype)
     total, y = kernels.add_layer_norm(x, r, w, b, EPS)
     assert torch.equal(y, torch.ops.gpt3d_C.add_layer_norm_fwd(x, r, w, b, EPS)[1]), "the fused CUDA op did not run"
     assert torch.equal(total, x + r), "x + residual must be the dtype's own sum, exactly"
@@ -127,15 +128,15 @@ def test_add_layer_norm(dtype):
 
 
 def softmax_case(dtype, masked: bool):
-    scores = (torch.randn(1, HEADS, T, T, device="cuda") * 4).to(dtype).requires_grad_()
-    dy = torch.randn(scores.shape, device="cuda").to(dtype)
+    scores = (torch.randn(1, HEADS, T, T, device=DEVICE) * 4).to(dtype).requires_grad_()
+    dy = torch.randn(scores.shape, device=DEVICE).to(dtype)
     scale = 1.0 / math.sqrt(D_HEAD)
     if masked:  # padding-style: the last 100 keys hidden for every query, plus 5% random holes and one empty row
-        mask = torch.rand(1, 1, T, T, device="cuda") < 0.05
+        mask = torch.rand(1, 1, T, T, device=DEVICE) < 0.05
         mask[..., T - 100:] = True
         mask[..., 7, :] = True
     else:
-        mask = reference.causal_mask(T, T, "cuda")[None, None]
+        mask = reference.causal_mask(T, T, DEVICE)[None, None]
     return scores, dy, scale, mask
 
 
@@ -172,15 +173,15 @@ def test_block_sparse_attention(dtype, block):
     assert_fused(dtype)
     cfg = SparseAttentionConfig(layout="fixed", block=block)
     layout = make_layout(cfg, HEADS, T)
-    compiled = compile_layout(layout, block, "cuda")
-    q, k, v = (torch.randn(1, HEADS, T, D_HEAD, device="cuda").to(dtype).requires_grad_() for _ in range(3))
-    dout = torch.randn(q.shape, device="cuda").to(dtype)
+    compiled = compile_layout(layout, block, DEVICE)
+    q, k, v = (torch.randn(1, HEADS, T, D_HEAD, device=DEVICE).to(dtype).requires_grad_() for _ in range(3))
+    dout = torch.randn(q.shape, device=DEVICE).to(dtype)
     scale = 1.0 / math.sqrt(D_HEAD)
     out = block_sparse_attention(q, k, v, compiled, block)
     raw = torch.ops.gpt3d_C.sparse_attention_forward(q, k, v, compiled.row_ptr, compiled.col_idx, block, scale)[0]
     assert torch.equal(out, raw), "the fused CUDA op did not run"
     out_ref = block_sparse_attention(q, k, v, compiled, block, impl="reference")
-    mask = expand_layout_to_mask(layout.cuda(), block, T)[None]
+    mask = expand_layout_to_mask(layout.to(DEVICE), block, T)[None]
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     out64 = dense_attention_f64(q64, k64, v64, mask, scale)
     g64 = grads(out64, (q64, k64, v64), dout.double())

@@ -20,8 +20,12 @@ BASE = ["preset=tiny-test", "model.vocab_size=300", "model.n_layers=2", "model.d
 # than lr: with 1e-8 its first steps are ~lr whatever the gradient's size, in a direction set by rounding noise.
 LAYOUTS = {"tp2": (2, layout_overrides(2, 1, 1)), "pp2": (2, layout_overrides(1, 2, 1)),
            "dp2": (2, layout_overrides(1, 1, 2)), "2x2x2": (8, layout_overrides(2, 2, 2)),
-           "tp2 sp": (2, layout_overrides(2, 1, 1) + ["parallel.sequence_parallel=true"])}
-SP_TASKS = ("sft", "reward")  # sequence parallelism: the LM head's gather and the task heads' gather
+           "tp2 sp": (2, layout_overrides(2, 1, 1) + ["parallel.sequence_parallel=true"]),
+           "pp2 full-recompute": (2, layout_overrides(1, 2, 1) + ["parallel.recompute=full"]),
+           "tp2 selective-recompute": (2, layout_overrides(2, 1, 1) + ["parallel.recompute=selective"])}
+# Variants run for some objectives only: sequence parallelism (the LM head's gather and the task heads' gather) and
+# recomputation (the packed attention mask passed to recomputed blocks and attention cores).
+ONLY = {"tp2 sp": ("sft", "reward"), "pp2 full-recompute": ("dpo",), "tp2 selective-recompute": ("sft",)}
 
 # The pairwise loss is unchanged by adding a constant to every reward, so these two gradients are exactly 0 in exact
 # arithmetic: Adam normalises their rounding noise into steps of ~lr, which differ between layouts.
@@ -71,10 +75,10 @@ for task, overrides in TASKS.items():
     register(1, f"{task} 1x1x1", finetune_job, overrides)
     register(1, f"{task} independent", independent_first_loss, overrides)
     for layout, (world, extra) in LAYOUTS.items():
-        if layout != "tp2 sp" or task in SP_TASKS:
+        if task in ONLY.get(layout, (task,)):
             register(world, f"{task} {layout}", finetune_job, overrides + extra)
 
-CASES = [(task, layout) for task in TASKS for layout in LAYOUTS if layout != "tp2 sp" or task in SP_TASKS]
+CASES = [(task, layout) for task in TASKS for layout in LAYOUTS if task in ONLY.get(layout, (task,))]
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -125,3 +125,8 @@ def test_finetune_command_heads_in_checkpoints_convert_and_errors(tmp_path, tok,
     assert "gpt3d finetune: error: --from" in err and "vocabulary: checkpoint vocab_size=300, run " \
                                                         "model.vocab_size=310" in err
     assert not (tmp_path / "bad").exists()
+    # The same run as config keys through `gpt3d train` (YAML, SLURM) gets the same check.
+    code = run_cli(["train", *common, "--set", "model.vocab_size=310", "--set", "train.objective=reward", "--set",
+                    f"finetune.data={pairs}", "--set", f"finetune.init_from={tmp_path / 'sft'}", "--steps", "1",
+                    "--out", str(tmp_path / "bad")])
+    assert code == 2 and "vocabulary: checkpoint vocab_size=300" in capsys.readouterr().err

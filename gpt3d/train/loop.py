@@ -117,6 +117,7 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
             record = step_record(step + 1, result.loss, result.lr, result.grad_norm, result.seconds, G * seq, flops,
                                  ctx.layout.world_size, result.comm_bytes, result.applied,
                                  trainer.scaler.scale if trainer.scaler.enabled else None)
+            record.update(result.metrics)
             if cfg.train.eval_interval and ((step + 1) % cfg.train.eval_interval == 0 or
                                             step + 1 == cfg.train.steps):
                 losses = [trainer.eval_loss(global_batch(data["valid"], i, G))

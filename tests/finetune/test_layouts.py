@@ -44,9 +44,10 @@ def finetune_job(rank: int, world_size: int, overrides: list[str]) -> dict:
     rt = init_runtime(cfg, rank, world_size, rank, world_size)
     trainer = ObjectiveTrainer(cfg, rt)
     data = build_finetune_data(cfg)["train"]
-    losses = [trainer.train_step(global_batch(data, step, cfg.train.global_batch_size)).loss for step in range(STEPS)]
+    results = [trainer.train_step(global_batch(data, step, cfg.train.global_batch_size)) for step in range(STEPS)]
     params = gather_full(rt.ctx, trainer.chunks, "param")
-    return {"losses": losses, "params": params} if rank == 0 else {}
+    out = {"losses": [r.loss for r in results], "metrics": [r.metrics for r in results], "params": params}
+    return out if rank == 0 else {}
 
 
 def independent_first_loss(rank: int, world_size: int, overrides: list[str]) -> float:
@@ -93,6 +94,8 @@ def test_layout_gives_single_process_losses_and_parameters(task, layout):
     got, ref = results(world, f"{task} {layout}")[0], results(1, f"{task} 1x1x1")[0]
     assert got["losses"] == pytest.approx(ref["losses"], rel=1e-5)
     assert ref["losses"][-1] != ref["losses"][0]  # the optimizer stepped
+    for got_step, ref_step in zip(got["metrics"], ref["metrics"]):  # accuracies and margins, where reported
+        assert got_step == pytest.approx(ref_step, rel=1e-5, abs=1e-6)
     assert sorted(got["params"]) == sorted(ref["params"])
     for name, value in ref["params"].items():
         if name in SHIFT_INVARIANT.get(task, ()):

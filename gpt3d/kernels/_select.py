@@ -1,8 +1,8 @@
 """Which implementation runs: the fused op of gpt3d._C, or the PyTorch reference.
 
-The fused kernels exist for float32 and bfloat16 on CPU (and on CUDA in a CUDA build). Anything else runs the
-reference: fp64 silently (it is what gradcheck uses), other cases (extension not built, fp16, a device the build has no
-kernel for) with a one-time warning per op.
+The fused kernels exist for float32 and bfloat16 on CPU, and for float32, bfloat16 and float16 on CUDA in a CUDA build.
+Anything else runs the reference: fp64 silently (it is what gradcheck uses), other cases (extension not built, fp16 on
+the CPU, a device the build has no kernel for) with a one-time warning per op.
 
 impl="auto" (the default of `model.kernels`) takes the fused op only where it is faster than PyTorch eager on this
 kind of CPU: the table AUTO_FUSED_ON_CPU, per CPU code path (avx512, avx2, portable), lists the (op, dtype) pairs whose
@@ -17,7 +17,7 @@ import torch
 from gpt3d.kernels import _ext
 
 IMPLS = ("auto", "fused", "reference")
-KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+KERNEL_DTYPES = {"cpu": (torch.float32, torch.bfloat16), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 
 _F32, _BF16 = (torch.float32,), (torch.bfloat16,)
 _BOTH = _F32 + _BF16
@@ -70,7 +70,7 @@ def use_fused(op: str, available: bool, devices: tuple[str, ...], tensor: torch.
 
     `available` and `devices` are computed once at import so torch.compile sees constants, not extension look-ups.
     """
-    if available and tensor.dtype in KERNEL_DTYPES and tensor.device.type in devices:
+    if available and tensor.device.type in devices and tensor.dtype in KERNEL_DTYPES[tensor.device.type]:
         return True
     if tensor.dtype != torch.float64 and not torch.compiler.is_compiling():
         _ext.warn_fallback(op)

@@ -85,7 +85,7 @@ class VocabParallelEmbedding(Embedding):
         self.dropout = embed.dropout
         self.group, self.sequence_parallel = group, sequence_parallel
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         if ids.shape[1] > self.pos.weight.shape[0]:
             raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the position table "
                              f"({self.pos.weight.shape[0]}); use shorter sequences or a larger model.seq_len")
@@ -97,11 +97,13 @@ class VocabParallelEmbedding(Embedding):
         if self.sequence_parallel:
             tokens = comm.reduce_scatter_to_sp(partial, self.group)
             shard = seq // self.group.size
-            positions = self.pos.weight[self.group.rank * shard:(self.group.rank + 1) * shard]
+            rows = slice(self.group.rank * shard, (self.group.rank + 1) * shard)
         else:
             tokens = comm.reduce_from_tp(partial, self.group)
-            positions = self.pos.weight[:seq]
-        return self.dropout(tokens + positions)
+            rows = slice(0, seq)
+        # Explicit position ids (packed examples) or the table's first rows.
+        pos = self.pos.weight[rows] if positions is None else F.embedding(positions[:, rows], self.pos.weight)
+        return self.dropout(tokens + pos)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ class StepResult:
     seconds: float
     busy_s: float
     comm_bytes: dict
+    metrics: dict = field(default_factory=dict)  # objective-specific means (fine-tuning: accuracies, margins)
 
 
 class Trainer:
@@ -71,12 +72,20 @@ class Trainer:
                                     else forward_only(layout.pp, num_micro, layout.vp, self.schedule))
         return self._schedules[key]
 
-    def make_runner(self, inputs: list[torch.Tensor], labels: list[torch.Tensor], training: bool = True):
+    def make_runner(self, inputs: list[torch.Tensor], labels: list[torch.Tensor], training: bool = True,
+                    chunks: list | None = None):
+        """A runner over this rank's chunks (or `chunks`: another model of the same layout, forward only)."""
         spec = self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1])
+        kwargs = self.stage_kwargs(labels)
         if not training:
-            return StageRunner(self.ctx, self.chunks, inputs, labels, spec, lambda c: None)
+            return StageRunner(self.ctx, chunks or self.chunks, inputs, labels, spec, lambda c: None,
+                               stage_kwargs=kwargs)
         return StageRunner(self.ctx, self.chunks, inputs, labels, spec, self.sync.enable_sync, self.scaler.scale,
-                           self.weight_grads, self.sync.enable_weight_sync)
+                           self.weight_grads, self.sync.enable_weight_sync, stage_kwargs=kwargs)
+
+    def stage_kwargs(self, labels: list) -> list[dict] | None:
+        """Per micro-batch keywords every model chunk's forward receives (fine-tuning: the packed layout)."""
+        return None
 
     def micro_batches(self, samples: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """This DP rank's slice of the global batch [G, s+1], cut into micro-batches of (inputs, labels)."""

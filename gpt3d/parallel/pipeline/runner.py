@@ -26,8 +26,10 @@ class StageRunner:
     def __init__(self, ctx: ParallelContext, chunks: list[torch.nn.Module], inputs: list[torch.Tensor],
                  labels: list[torch.Tensor], spec: P2PShape, on_last_backward: Callable[[int], None],
                  loss_scale: float = 1.0, weight_grads: Optional[WeightGradStore] = None,
-                 on_last_weight: Callable[[int], None] = lambda chunk: None):
+                 on_last_weight: Callable[[int], None] = lambda chunk: None,
+                 stage_kwargs: Optional[list[dict]] = None):
         self.ctx = ctx
+        self.stage_kwargs = stage_kwargs  # per micro-batch keywords of every chunk's forward (packed layouts)
         self.chunks = chunks
         self.inputs, self.labels = inputs, labels
         self.num_micro = len(labels) if labels else len(inputs)
@@ -112,12 +114,13 @@ class StageRunner:
         start = time.perf_counter()
         model = self.chunks[chunk]
         last = self.is_last_virtual(chunk)
+        kwargs = self.stage_kwargs[mb] if self.stage_kwargs else {}
         if self.is_first_virtual(chunk):
             stage_input = None
-            out = model(self.inputs[mb], self.labels[mb] if last else None)
+            out = model(self.inputs[mb], self.labels[mb] if last else None, **kwargs)
         else:
             stage_input = self.activations.pop((chunk, mb))
-            out = model(stage_input, self.labels[mb] if last else None)
+            out = model(stage_input, self.labels[mb] if last else None, **kwargs)
         if last:
             self.losses.append(out.detach())
             out = out.float() * (self.loss_scale / self.num_micro)

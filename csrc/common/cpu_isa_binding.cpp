@@ -1,5 +1,6 @@
-// gpt3d_C::cpu_isa() -> "avx512" | "portable": which CPU code path the kernels take here (reported by the benchmark,
-// checked by the tests). No tensor arguments, so it is registered for every backend.
+// gpt3d_C::cpu_isa() -> "avx512" | "avx2" | "portable": which CPU code path the kernels take now (the widest this CPU
+// has, or GPT3D_CPU_ISA), reported by the benchmarks and checked by the tests. No tensor arguments, so it is
+// registered for every backend.
 #include <torch/extension.h>
 
 #include <string>
@@ -8,9 +9,9 @@
 
 namespace gpt3d {
 namespace {
-std::string cpu_isa() { return cpu_isa_name(); }
+std::string current_cpu_isa() { return cpu_isa_name(); }
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(gpt3d_C, m) { m.def("cpu_isa() -> str", &cpu_isa); }
+TORCH_LIBRARY_FRAGMENT(gpt3d_C, m) { m.def("cpu_isa() -> str", &current_cpu_isa); }
 
 }  // namespace gpt3d

@@ -1,5 +1,5 @@
 // 16 x fp32 AVX-512 vector with masked tails and fp32 <-> bf16 conversion. Include ONLY in a translation unit compiled
-// for AVX-512 (see *_cpu_avx512.cpp: the target pragma comes before this include); callers check cpu_has_avx512().
+// for AVX-512 (see *_cpu_avx512.cpp: the target pragma comes before this include); callers check cpu_isa().
 #pragma once
 #include <immintrin.h>
 

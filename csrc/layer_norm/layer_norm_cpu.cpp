@@ -19,7 +19,8 @@ int64_t rows_per_task(int64_t cols) { return std::max<int64_t>(1, 16384 / std::m
 }  // namespace
 
 void layer_norm_forward_cpu(const LayerNormForwardArgs& a) {
-  auto rows_fn = cpu_has_avx512() ? cpu_avx512::layer_norm_forward_rows : cpu_portable::layer_norm_forward_rows;
+  auto rows_fn = pick_for_isa(cpu_avx512::layer_norm_forward_rows, cpu_avx2::layer_norm_forward_rows,
+                              cpu_portable::layer_norm_forward_rows);
   const int64_t step = rows_per_task(a.cols);
   const int64_t tasks = (a.rows + step - 1) / step;
 #pragma omp parallel for schedule(static) if (tasks > 1)
@@ -27,7 +28,8 @@ void layer_norm_forward_cpu(const LayerNormForwardArgs& a) {
 }
 
 void layer_norm_backward_cpu(const LayerNormBackwardArgs& a) {
-  auto rows_fn = cpu_has_avx512() ? cpu_avx512::layer_norm_backward_rows : cpu_portable::layer_norm_backward_rows;
+  auto rows_fn = pick_for_isa(cpu_avx512::layer_norm_backward_rows, cpu_avx2::layer_norm_backward_rows,
+                              cpu_portable::layer_norm_backward_rows);
   // dgamma/dbeta: each chunk of rows accumulates its own fp32 column sums, added in chunk order afterwards. The chunk
   // count does not depend on the thread count (up to 32 threads), so results are reproducible across thread counts.
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(a.rows, std::max(32, omp_get_max_threads())));

@@ -20,5 +20,10 @@ void layer_norm_forward_rows(const LayerNormForwardArgs& a, int64_t begin, int64
 void layer_norm_backward_rows(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
                               float* dbeta_acc);
 }  // namespace cpu_avx512
+namespace cpu_avx2 {
+void layer_norm_forward_rows(const LayerNormForwardArgs& a, int64_t begin, int64_t end);
+void layer_norm_backward_rows(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
+                              float* dbeta_acc);
+}  // namespace cpu_avx2
 
 }  // namespace gpt3d

@@ -1,6 +1,7 @@
-// LayerNorm row kernels written once over a vector type V (VecAvx512 or VecPortable) and storage types T (input) and
-// W (gamma/beta): float or uint16_t (bf16). Included by layer_norm_cpu_{avx512,portable}.cpp, each of which defines
-// the entry points of layer_norm_cpu.h in its own namespace.
+// LayerNorm row kernels written once over a vector type V (VecAvx512, VecAvx2 or VecPortable) and storage types
+// T (input) and W (gamma/beta): float or uint16_t (bf16). Included through layer_norm_cpu_instance.h by
+// layer_norm_cpu_{avx512,avx2,portable}.cpp, each of which defines the entry points of layer_norm_cpu.h in its own
+// namespace.
 #pragma once
 #include <cstdint>
 

@@ -14,7 +14,8 @@ int64_t rows_per_task(int64_t sk) { return std::max<int64_t>(1, 16384 / std::max
 }  // namespace
 
 void softmax_forward_cpu(const SoftmaxForwardArgs& a) {
-  auto rows_fn = cpu_has_avx512() ? cpu_avx512::softmax_forward_rows : cpu_portable::softmax_forward_rows;
+  auto rows_fn = pick_for_isa(cpu_avx512::softmax_forward_rows, cpu_avx2::softmax_forward_rows,
+                              cpu_portable::softmax_forward_rows);
   const int64_t rows = a.batch * a.heads * a.sq, step = rows_per_task(a.sk), tasks = (rows + step - 1) / step;
 #pragma omp parallel if (tasks > 1)
   {
@@ -26,7 +27,8 @@ void softmax_forward_cpu(const SoftmaxForwardArgs& a) {
 }
 
 void softmax_backward_cpu(const SoftmaxBackwardArgs& a) {
-  auto rows_fn = cpu_has_avx512() ? cpu_avx512::softmax_backward_rows : cpu_portable::softmax_backward_rows;
+  auto rows_fn = pick_for_isa(cpu_avx512::softmax_backward_rows, cpu_avx2::softmax_backward_rows,
+                              cpu_portable::softmax_backward_rows);
   const int64_t step = rows_per_task(a.sk), tasks = (a.rows + step - 1) / step;
 #pragma omp parallel for schedule(static, 1) if (tasks > 1)
   for (int64_t t = 0; t < tasks; ++t) rows_fn(a, t * step, std::min(a.rows, (t + 1) * step));

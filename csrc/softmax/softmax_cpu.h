@@ -18,5 +18,9 @@ namespace cpu_avx512 {
 void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch);
 void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end);
 }  // namespace cpu_avx512
+namespace cpu_avx2 {
+void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch);
+void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end);
+}  // namespace cpu_avx2
 
 }  // namespace gpt3d

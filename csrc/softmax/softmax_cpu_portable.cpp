@@ -1,17 +1,7 @@
-// Softmax row kernels for any CPU (one lane).
+// Softmax row kernels for any CPU (one lane; the compiler may still auto-vectorise).
 #include "common/vec_portable.h"
-#include "softmax/softmax_cpu_rows.h"
+#include "softmax/softmax_cpu.h"
 
-namespace gpt3d {
-namespace cpu_portable {
-
-void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch) {
-  softmax_forward_rows_dispatch<VecPortable>(a, begin, end, scratch);
-}
-
-void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end) {
-  softmax_backward_rows_dispatch<VecPortable>(a, begin, end);
-}
-
-}  // namespace cpu_portable
-}  // namespace gpt3d
+#define GPT3D_CPU_NS cpu_portable
+#define GPT3D_CPU_VEC VecPortable
+#include "softmax/softmax_cpu_instance.h"

@@ -1,5 +1,5 @@
-// Softmax row kernels written once over a vector type V (VecAvx512 or VecPortable) and storage T (float or uint16_t
-// bf16). Included by softmax_cpu_{avx512,portable}.cpp.
+// Softmax row kernels written once over a vector type V (VecAvx512, VecAvx2 or VecPortable) and storage T (float
+// or uint16_t bf16). Included through softmax_cpu_instance.h by softmax_cpu_{avx512,avx2,portable}.cpp.
 #pragma once
 #include <cstdint>
 

@@ -4,49 +4,19 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/cpu_features.h"
 #include "sparse_attention/checks.h"
 #include "sparse_attention/cpu_kernels.h"
 
 namespace gpt3d_sparse {
 namespace {
 
-enum class Isa { kAvx512, kAvx2, kGeneric };
-
-bool cpu_has(Isa isa) {
-#if defined(__x86_64__) || defined(__i386__)
-  if (isa == Isa::kAvx512)  // the avx512 instance is compiled for these four (see cpu_kernel_avx512.cpp)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
-  if (isa == Isa::kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return true;
-#else
-  return isa == Isa::kGeneric;
-#endif
-}
-
-// The widest instruction set the CPU supports, or the one named by GPT3D_CPU_ISA (avx512 | avx2 | generic; the other
-// kernels' name "portable" means generic here), read on every call so tests can check every instance on one machine.
-Isa pick_isa() {
-  const char* env = std::getenv("GPT3D_CPU_ISA");
-  const std::string want = env ? env : "";
-  if (want.empty() || want == "auto") {
-    if (cpu_has(Isa::kAvx512)) return Isa::kAvx512;
-    if (cpu_has(Isa::kAvx2)) return Isa::kAvx2;
-    return Isa::kGeneric;
-  }
-  Isa isa;
-  if (want == "avx512") isa = Isa::kAvx512;
-  else if (want == "avx2") isa = Isa::kAvx2;
-  else if (want == "generic" || want == "portable") isa = Isa::kGeneric;
-  else TORCH_CHECK(false, "GPT3D_CPU_ISA=", want, " is unknown; use auto, avx512, avx2, generic or portable");
-  TORCH_CHECK(cpu_has(isa), "GPT3D_CPU_ISA=", want, " but this CPU lacks that instruction set; unset GPT3D_CPU_ISA");
-  return isa;
-}
-
+// The instance of the current CPU path (gpt3d::cpu_isa(): the widest the CPU has, or GPT3D_CPU_ISA; read on every
+// call so tests can check every instance on one machine). This op's name for "portable" is "generic".
 std::string isa_name() {
-  switch (pick_isa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
+  switch (gpt3d::cpu_isa()) {
+    case gpt3d::CpuIsa::kAvx512: return "avx512";
+    case gpt3d::CpuIsa::kAvx2: return "avx2";
     default: return "generic";
   }
 }
@@ -64,9 +34,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
   ForwardArgs a{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
                 rp.data_ptr<int32_t>(), ci.data_ptr<int32_t>(), q.size(0), q.size(1), q.size(2), q.size(3), block,
                 static_cast<float>(scale), q.scalar_type() == at::kBFloat16};
-  switch (pick_isa()) {
-    case Isa::kAvx512: isa_avx512::forward(a); break;
-    case Isa::kAvx2: isa_avx2::forward(a); break;
+  switch (gpt3d::cpu_isa()) {
+    case gpt3d::CpuIsa::kAvx512: isa_avx512::forward(a); break;
+    case gpt3d::CpuIsa::kAvx2: isa_avx2::forward(a); break;
     default: isa_generic::forward(a);
   }
   return {out, lse};
@@ -95,9 +65,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
                  dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), cp.data_ptr<int32_t>(), ri.data_ptr<int32_t>(),
                  q.size(0), q.size(1), q.size(2), q.size(3), block, static_cast<float>(scale),
                  q.scalar_type() == at::kBFloat16};
-  switch (pick_isa()) {
-    case Isa::kAvx512: isa_avx512::backward(a); break;
-    case Isa::kAvx2: isa_avx2::backward(a); break;
+  switch (gpt3d::cpu_isa()) {
+    case gpt3d::CpuIsa::kAvx512: isa_avx512::backward(a); break;
+    case gpt3d::CpuIsa::kAvx2: isa_avx2::backward(a); break;
     default: isa_generic::backward(a);
   }
   return {dq, dk, dv};

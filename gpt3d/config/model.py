@@ -28,14 +28,19 @@ class ModelConfig:
     hidden_dropout: float = field(0.0, doc="dropout on embeddings and residual branches")
     attn_dropout: float = field(0.0, doc="dropout on attention probabilities")
     tie_embeddings: bool = field(True, doc="output head shares the token embedding (GPT-2/3)")
+    task_heads: dict[str, int] = field(
+        default_factory=dict, doc="extra linear heads on the final hidden state, name -> output width (set by "
+                                  "train.objective: classify, reward); saved and converted like any other tensor")
     attention_pattern: Literal["dense", "alternating", "sparse"] = field(
         "dense", doc="dense everywhere; alternating = GPT-3 (even layers dense, odd layers block-sparse); sparse = all")
     sparse: SparseAttentionConfig = field(default_factory=SparseAttentionConfig, doc="block-sparse layout")
     dense_attention: Literal["sdpa", "softmax"] = field(
         "sdpa", doc="dense attention core: sdpa = torch's fused attention; softmax = explicit scores + gpt3d's fused "
                     "scaled causal softmax (or its reference when kernels: reference)")
-    kernels: Literal["fused", "reference"] = field(
-        "fused", doc="fused = csrc/ kernels when built (falls back to reference with a warning); reference = PyTorch")
+    kernels: Literal["auto", "fused", "reference"] = field(
+        "auto", doc="auto = each fused csrc/ kernel only where it beats PyTorch eager on this CPU path (a per-ISA table, "
+                    "gpt3d/kernels/_select.py), else PyTorch; fused = csrc/ kernels when built (falls back to reference "
+                    "with a warning); reference = PyTorch")
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "seq_len", "vocab_size", "vocab_pad_multiple"):
@@ -55,6 +60,11 @@ class ModelConfig:
         require(self.init_std > 0, "model.init_std", "must be positive")
         if self.attention_pattern != "dense":
             self.sparse.check_seq_len(self.seq_len, "model.seq_len")
+        for name, width in self.task_heads.items():
+            require(isinstance(name, str) and name.isidentifier(), "model.task_heads",
+                    f"head name {name!r} must be an identifier")
+            require(isinstance(width, int) and not isinstance(width, bool) and width >= 1,
+                    f"model.task_heads.{name}", f"output width must be a positive integer, got {width!r}")
 
     @property
     def attn_width(self) -> int:
@@ -86,4 +96,5 @@ class ModelConfig:
         )
         embeddings = vocab * d + self.seq_len * d
         head = 0 if self.tie_embeddings else vocab * d
-        return embeddings + self.n_layers * per_layer + 2 * d + head
+        task_heads = sum(width * (d + 1) for width in self.task_heads.values())
+        return embeddings + self.n_layers * per_layer + 2 * d + head + task_heads

@@ -12,9 +12,12 @@ class ParallelConfig:
     tp: int = field(1, doc="tensor-parallel degree (ranks sharing one layer's weights; keep within a node)")
     pp: int = field(1, doc="pipeline-parallel degree (stages)")
     dp: Optional[int] = field(None, doc="data-parallel degree; default world_size / (tp * pp)")
-    vp: int = field(1, doc="virtual pipeline stages per rank (> 1 selects the interleaved 1F1B schedule)")
+    vp: int = field(1, doc="model chunks (virtual pipeline stages) per rank: > 1 with schedule 1f1b selects "
+                           "interleaved; zbv always runs 2")
     sequence_parallel: bool = field(False, doc="shard LayerNorm/dropout regions along the sequence across TP ranks")
-    schedule: Literal["1f1b", "gpipe"] = field("1f1b", doc="pipeline schedule (vp > 1 always uses interleaved 1F1B)")
+    schedule: Literal["1f1b", "gpipe", "interleaved", "zbh1", "zbv"] = field(
+        "1f1b", doc="pipeline schedule: gpipe, 1f1b, interleaved (vp > 1), zbh1 / zbv (zero bubble, B/W split; zbv "
+                    "runs 2 chunks per rank in a V); see docs/pipeline-schedules.md")
     pipeline_split: Optional[list[int]] = field(
         None, doc="layers per (virtual) stage, pp * vp entries summing to n_layers; default: balanced")
     recompute: Literal["none", "selective", "full"] = field(
@@ -32,9 +35,20 @@ class ParallelConfig:
             require(self.dp >= 1, "parallel.dp", f"must be >= 1, got {self.dp}")
         require(self.bucket_mb > 0, "parallel.bucket_mb", "must be positive")
         require(self.comm_timeout_s > 0, "parallel.comm_timeout_s", "must be positive")
+        require(self.schedule != "zbv" or self.pp > 1, "parallel.schedule",
+                "zbv needs pp > 1 (its V runs down and back up the pipeline ranks)")
+        if self.schedule == "1f1b" and self.vp > 1:
+            self.schedule = "interleaved"  # backward compatible: vp > 1 has always meant interleaved 1F1B
+        if self.schedule == "zbv" and self.vp == 1:
+            self.vp = 2  # the V: two model chunks per rank by construction
         if self.vp > 1:
             require(self.pp > 1, "parallel.vp", f"vp={self.vp} needs pp > 1 (interleaving splits pipeline stages)")
-            require(self.schedule == "1f1b", "parallel.schedule", "vp > 1 runs interleaved 1F1B; set schedule: 1f1b")
+            require(self.schedule in ("interleaved", "zbv"), "parallel.schedule",
+                    f"schedule {self.schedule} runs one model chunk per rank; vp > 1 needs interleaved (or zbv)")
+        require(self.schedule != "interleaved" or self.vp > 1, "parallel.schedule",
+                "interleaved needs vp > 1 model chunks per rank; set parallel.vp")
+        require(self.schedule != "zbv" or self.vp == 2, "parallel.vp",
+                f"schedule zbv runs exactly 2 model chunks per rank, got vp={self.vp}; leave vp at 1 or set 2")
         if self.pipeline_split is not None:
             require(len(self.pipeline_split) == self.pp * self.vp, "parallel.pipeline_split",
                     f"has {len(self.pipeline_split)} entries; needs pp*vp = {self.pp * self.vp}")

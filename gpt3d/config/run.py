@@ -12,6 +12,7 @@ import yaml
 from .base import ConfigError, field, from_dict, load_yaml, require, to_dict
 from .checkpoint import CheckpointConfig
 from .data import DataConfig
+from .finetune import FinetuneConfig
 from .model import ModelConfig
 from .optim import OptimConfig
 from .parallel import ParallelConfig
@@ -29,6 +30,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, doc="datasets and tokenizer")
     train: TrainConfig = field(default_factory=TrainConfig, doc="training loop")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, doc="checkpointing")
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, doc="fine-tuning data and objectives")
     preset: Optional[str] = field(None, doc="the preset this config started from")
 
     def __post_init__(self):
@@ -42,6 +44,9 @@ class RunConfig:
         require(self.train.global_batch_size % self.train.micro_batch_size == 0, "train.global_batch_size",
                 f"{self.train.global_batch_size} is not a multiple of train.micro_batch_size="
                 f"{self.train.micro_batch_size}")
+        if self.train.objective != "pretrain":
+            self.finetune.check_run(self.train.objective, self.model)
+            self.model.task_heads = self.finetune.heads(self.train.objective)
         if self.parallel.pipeline_split is not None:
             require(sum(self.parallel.pipeline_split) == self.model.n_layers, "parallel.pipeline_split",
                     f"sums to {sum(self.parallel.pipeline_split)} layers; the model has {self.model.n_layers}")

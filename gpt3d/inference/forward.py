@@ -17,11 +17,13 @@ def embed_tokens(stage: GPTStage, ids: torch.Tensor, positions: torch.Tensor) ->
     tensor parallelism each rank looks up its vocabulary rows and the partial sums are reduced."""
     embed = stage.embed
     weight = embed.tok.weight
-    local = ids - getattr(embed, "vocab_start", 0)
-    outside = (local < 0) | (local >= weight.shape[0])
-    tokens = F.embedding(local.masked_fill(outside, 0), weight).masked_fill(outside.unsqueeze(-1), 0.0)
     group = getattr(embed, "group", None)
-    if group is not None:
+    if group is None or group.size == 1:
+        tokens = F.embedding(ids, weight)
+    else:
+        local = ids - embed.vocab_start
+        outside = (local < 0) | (local >= weight.shape[0])
+        tokens = F.embedding(local.masked_fill(outside, 0), weight).masked_fill(outside.unsqueeze(-1), 0.0)
         tokens = comm.reduce_from_tp(tokens, group)
     return tokens + embed.pos.weight[positions.clamp(min=0)]
 
@@ -35,7 +37,7 @@ def attention(attn, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor
     mask = cache.mask(attn.layout if attn.kind == "sparse" else None, attn.block)
     if cache.attention_probs is not None:  # explicit probabilities, recorded for the induction-head diagnostics
         scores = torch.matmul(q.float(), keys.float().transpose(-1, -2)) * attn.d_head ** -0.5
-        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        probs = torch.softmax(scores if mask is None else scores.masked_fill(~mask, float("-inf")), dim=-1)
         cache.attention_probs[layer] = probs
         ctx = torch.matmul(probs, values.float()).to(q.dtype)
     else:
@@ -43,16 +45,19 @@ def attention(attn, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor
     return attn.proj(ctx.transpose(1, 2).reshape(b, s, heads * attn.d_head))
 
 
+def _norm(ln, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, ln.weight.shape, ln.weight, ln.bias, ln.eps)  # no autograd op dispatch when decoding
+
+
 def block_forward(block, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
     """Block.forward (pre-LN, no dropout at inference) with the cached attention."""
-    attn_out = attention(block.attn, block.ln1(x), cache, layer)
-    x, normed = block.ln2.add_and_norm(attn_out, x)
-    return x + block.mlp(normed)
+    x = x + attention(block.attn, _norm(block.ln1, x), cache, layer).to(x.dtype)
+    return x + block.mlp(_norm(block.ln2, x))
 
 
 def local_logits(stage: GPTStage, hidden: torch.Tensor) -> torch.Tensor:
     """This rank's vocabulary shard of the logits (fp32; padded vocabulary columns are -inf)."""
-    hidden = stage.final_ln(hidden)
+    hidden = _norm(stage.final_ln, hidden)
     head = stage.head
     weight = stage.head_weight()
     return F.linear(hidden, weight, head.pad_bias(hidden)).float()

@@ -57,10 +57,14 @@ class KVCache:
             self.length, end, device=q.device)[:, None]
         return allowed | ((q < 0)[:, :, None] & own_slot[None])
 
-    def mask(self, layout: Optional[torch.Tensor], block: int) -> torch.Tensor:
-        """The attention mask of this forward for a dense layer ([b, 1, new, filled]) or for a block-sparse layer with
-        `layout` [local heads, nb, nb] ([b, heads, new, filled])."""
+    def mask(self, layout: Optional[torch.Tensor], block: int) -> Optional[torch.Tensor]:
+        """The attention mask of this forward for a dense layer ([b, 1, new, filled]; None when every cached key is
+        visible, the common decode step without padding) or for a block-sparse layer with `layout` [local heads, nb,
+        nb] ([b, heads, new, filled])."""
         key = "dense" if layout is None else ("sparse", tuple(layout.shape), block)
+        if key not in self._masks and layout is None and self._new == 1:  # one query per row: the causal cut is moot
+            visible = self.positions[:, :self.length + 1] >= 0
+            self._masks[key] = None if bool(visible.all()) else visible[:, None, None, :]
         if key not in self._masks:
             allowed = self._allowed()
             if layout is None:

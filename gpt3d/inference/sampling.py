@@ -52,6 +52,8 @@ def _argmax_over(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def distributed_argmax(local: torch.Tensor, vocab_start: int, group: Group) -> torch.Tensor:
     """Global argmax over vocabulary shards [b, V/tp] -> [b] token ids (the same on every rank)."""
+    if group.size == 1:
+        return local.argmax(dim=-1) + vocab_start  # the first maximum, as the combination below
     values, idx = local.max(dim=-1)
     pair = torch.stack([values.double(), (idx + vocab_start).double()], dim=-1)  # ids are exact in float64
     pairs = gather_stacked(pair, group, "sample_argmax")  # [tp, b, 2]

@@ -2,7 +2,8 @@
 torch.compile; each has a pure-PyTorch twin in gpt3d.kernels.reference.
 
 `impl` is "fused" (the compiled kernel when gpt3d._C is built and has one for the tensor's device/dtype: float32 and
-bfloat16 on CPU, plus CUDA in a CUDA build) or "reference". The fused path falls back to the reference on its own: fp64
+bfloat16 on CPU, plus CUDA in a CUDA build), "reference", or "auto" (fused only where it beats PyTorch eager on this
+CPU's code path: the table in gpt3d/kernels/_select.py). The fused path falls back to the reference on its own: fp64
 silently (gradcheck), anything else with a one-time warning. Importing this package never needs the extension.
 """
 from __future__ import annotations
@@ -23,7 +24,9 @@ def fused_available() -> bool:
 
 
 def cpu_isa() -> str:
-    """The CPU code path of the kernels here ("avx512" or "portable"), or "none" when the extension is not built."""
+    """The CPU code path the kernels take now: "avx512", "avx2" (AVX2+FMA) or "portable"; "none" when the extension is
+    not built. The default is the widest path the CPU has; the environment variable GPT3D_CPU_ISA (auto | avx512 |
+    avx2 | portable), read on every kernel call, forces one (an error when the CPU lacks it)."""
     if extension() is None:
         return "none"
     import torch

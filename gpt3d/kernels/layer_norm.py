@@ -1,10 +1,11 @@
 """Fused LayerNorm and residual-add + LayerNorm (csrc/layer_norm/), with autograd and fake kernels for torch.compile.
 
-    layer_norm(x, weight, bias, eps, impl="fused") -> y
+    layer_norm(x, weight, bias, eps, impl="fused") -> y   (impl: auto | fused | reference)
     add_layer_norm(x, residual, weight, bias, eps, impl="fused") -> (x + residual, y)
 
 x is [..., hidden]; weight and bias are [hidden] in x's dtype or float32 (None = ones / zeros). Statistics are fp32;
-bf16 outputs are rounded once. impl="reference" (or no kernel for x's device/dtype) runs gpt3d.kernels.reference.
+bf16 outputs are rounded once. impl="reference" (or no kernel for x's device/dtype) runs gpt3d.kernels.reference;
+impl="auto" takes the fused op where it is faster on this CPU (gpt3d/kernels/_select.py).
 The C++ ops are torch.ops.gpt3d_C.{layer_norm_fwd, add_layer_norm_fwd, layer_norm_bwd}; their backward is
 first-order only (no double backward).
 """
@@ -64,7 +65,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     _select.require_floating("layer_norm", "x", x)
     weight, bias = _default_affine(x, weight, bias)
     check_layer_norm_args("layer_norm", x, None, weight, bias, eps)
-    if impl == "fused" and _select.use_fused("layer_norm", _AVAILABLE, _DEVICES, x):
+    if _select.resolve(impl, "layer_norm", x) == "fused" and _select.use_fused("layer_norm", _AVAILABLE, _DEVICES, x):
         return torch.ops.gpt3d_C.layer_norm_fwd(x, weight, bias, float(eps))[0]
     return reference.layer_norm(x, weight, bias, eps)
 
@@ -77,7 +78,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     _select.require_floating("add_layer_norm", "x", x)
     weight, bias = _default_affine(x, weight, bias)
     check_layer_norm_args("add_layer_norm", x, residual, weight, bias, eps)
-    if impl == "fused" and _select.use_fused("add_layer_norm", _AVAILABLE, _DEVICES, x):
+    if _select.resolve(impl, "add_layer_norm", x) == "fused" and _select.use_fused("add_layer_norm", _AVAILABLE, _DEVICES, x):
         total, y, _, _ = torch.ops.gpt3d_C.add_layer_norm_fwd(x, residual, weight, bias, float(eps))
         return total, y
     return reference.add_layer_norm(x, residual, weight, bias, eps)

@@ -54,7 +54,7 @@ def scaled_masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, scale
     _select.check_impl(impl, "scaled_masked_softmax")
     check_scores("scaled_masked_softmax", scores, causal=False)
     mask = normalize_mask("scaled_masked_softmax", scores, mask)
-    if impl == "fused" and _select.use_fused("scaled_masked_softmax", _AVAILABLE, _DEVICES, scores):
+    if _select.resolve(impl, "scaled_masked_softmax", scores) == "fused" and _select.use_fused("scaled_masked_softmax", _AVAILABLE, _DEVICES, scores):
         return torch.ops.gpt3d_C.scaled_masked_softmax_fwd(scores, mask, float(scale))
     return reference.scaled_masked_softmax(scores, mask, scale)
 
@@ -63,7 +63,7 @@ def scaled_causal_softmax(scores: torch.Tensor, scale: float, impl: str = "fused
     """softmax(scale * scores) under the implicit causal mask; masked keys are 0."""
     _select.check_impl(impl, "scaled_causal_softmax")
     check_scores("scaled_causal_softmax", scores, causal=True)
-    if impl == "fused" and _select.use_fused("scaled_causal_softmax", _AVAILABLE, _DEVICES, scores):
+    if _select.resolve(impl, "scaled_causal_softmax", scores) == "fused" and _select.use_fused("scaled_causal_softmax", _AVAILABLE, _DEVICES, scores):
         return torch.ops.gpt3d_C.scaled_causal_softmax_fwd(scores, float(scale))
     return reference.scaled_causal_softmax(scores, scale)
 

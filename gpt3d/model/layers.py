@@ -78,26 +78,30 @@ class CausalSelfAttention(nn.Module):
             self._compiled[key] = compile_layout(self.layout[:, :blocks, :blocks], self.block, device)
         return self._compiled[key]
 
-    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.kind == "sparse":
+            if mask is not None:
+                raise ValueError("packed examples need dense attention; set model.attention_pattern=dense")
             return ops.sparse_causal_attention(q, k, v, self.compiled_layout(q.shape[2], q.device), self.block,
                                                self.impl)
         dropout_p = self.attn_dropout.p if self.training else 0.0
         if dropout_p > 0 and self.attn_dropout.rng_context is not None:
             with self.attn_dropout.rng_context():
-                return ops.dense_causal_attention(q, k, v, dropout_p, self.dense_core, self.impl)
-        return ops.dense_causal_attention(q, k, v, dropout_p, self.dense_core, self.impl)
+                return ops.dense_causal_attention(q, k, v, dropout_p, self.dense_core, self.impl, mask)
+        return ops.dense_causal_attention(q, k, v, dropout_p, self.dense_core, self.impl, mask)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`mask`: [b, 1, s, s] attention mask of packed examples (None: plain causal)."""
         qkv = self.qkv(x)
         b, s, _ = qkv.shape
         heads = qkv.shape[-1] // (3 * self.d_head)  # local heads under tensor parallelism
         q, k, v = qkv.view(b, s, heads, 3, self.d_head).permute(3, 0, 2, 1, 4).unbind(0)
         if self.recompute_core and torch.is_grad_enabled():
             from gpt3d.parallel.recompute import checkpoint
-            ctx = checkpoint(self.core, q, k, v, rng_context=self.attn_dropout.rng_context)
+            ctx = checkpoint(self.core, q, k, v, mask, rng_context=self.attn_dropout.rng_context)
         else:
-            ctx = self.core(q, k, v)
+            ctx = self.core(q, k, v, mask)
         ctx = ctx.transpose(1, 2).reshape(b, s, heads * self.d_head)
         return self.proj(ctx)
 
@@ -125,8 +129,8 @@ class Block(nn.Module):
         self.attn_out_dropout = Dropout(cfg.hidden_dropout)
         self.mlp_out_dropout = Dropout(cfg.hidden_dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attn_out = self.attn_out_dropout(self.attn(self.ln1(x)))
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        attn_out = self.attn_out_dropout(self.attn(self.ln1(x), mask))
         x, normed = self.ln2.add_and_norm(attn_out, x)
         return x + self.mlp_out_dropout(self.mlp(normed))
 
@@ -146,11 +150,14 @@ class Embedding(nn.Module):
     def positions(self, seq_len: int, device: torch.device) -> torch.Tensor:
         return self.pos.weight[:seq_len]
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`positions` [b, s]: explicit position ids (packed examples restart at 0); default 0..s-1."""
         if ids.shape[1] > self.pos.weight.shape[0]:
             raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the position table "
                              f"({self.pos.weight.shape[0]}); use shorter sequences or a larger model.seq_len")
-        return self.dropout(self.lookup_tokens(ids) + self.positions(ids.shape[1], ids.device))
+        pos = self.positions(ids.shape[1], ids.device) if positions is None else F.embedding(positions,
+                                                                                             self.pos.weight)
+        return self.dropout(self.lookup_tokens(ids) + pos)
 
 
 class PaddedVocabBias:

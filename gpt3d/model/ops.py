@@ -23,10 +23,19 @@ def gelu(x: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, core: str,
-                           impl: str) -> torch.Tensor:
+                           impl: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention over [b, h, s, d]. core "sdpa": torch's scaled_dot_product_attention (flash/efficient kernels,
     never materialises the scores); core "softmax": explicit scores through gpt3d's scaled causal softmax kernel
-    (`impl` fused or reference), Megatron's formulation."""
+    (`impl` fused or reference), Megatron's formulation. `mask` [b, 1, s, s] (True = attend, causality included)
+    replaces the causal mask for packed examples (gpt3d/model/packing.py)."""
+    if mask is not None:
+        if core == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        if dropout_p > 0:
+            probs = F.dropout(probs, dropout_p, training=True)
+        return torch.matmul(probs.to(v.dtype), v)
     if core == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     from gpt3d import kernels

@@ -10,8 +10,9 @@ from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import materialize
 
 from .context import ParallelContext, stage_layer_ids
+from .pipeline.schedules import SPLIT_BACKWARD, placement_for
 from .random import RNGTracker, StreamContext
-from .tensor import apply_tensor_parallel
+from .tensor import apply_tensor_parallel, use_parallel_linears
 
 
 def build_model_chunks(model_cfg: ModelConfig, parallel: ParallelConfig, ctx: ParallelContext, seed: int,
@@ -20,13 +21,16 @@ def build_model_chunks(model_cfg: ModelConfig, parallel: ParallelConfig, ctx: Pa
     stages = stage_layer_ids(model_cfg.n_layers, layout.pp, layout.vp, parallel.pipeline_split)
     rng = StreamContext(tracker)
     chunks = []
+    placement = placement_for(parallel.schedule, layout.pp, layout.vp)[ctx.pp_rank]
     for c in range(layout.vp):
-        first = ctx.is_first_stage and c == 0
-        last = ctx.is_last_stage and c == layout.vp - 1
+        virtual = placement[c]
+        first, last = virtual == 0, virtual == len(stages) - 1
         with torch.device("meta"):
-            stage = GPTStage(model_cfg, stages[c * layout.pp + ctx.pp_rank], first, last)
+            stage = GPTStage(model_cfg, stages[virtual], first, last)
         if layout.tp > 1:
             apply_tensor_parallel(stage, ctx.tp_group, parallel.sequence_parallel, rng)
+        elif parallel.schedule in SPLIT_BACKWARD:
+            use_parallel_linears(stage, ctx.tp_group, parallel.sequence_parallel)  # B/W-splittable linears
         if parallel.recompute == "full":
             stage.recompute_full = True
             stage.recompute_rng_context = rng

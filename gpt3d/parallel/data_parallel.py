@@ -62,6 +62,7 @@ class GradSynchronizer:
         self.mixed = dtype != torch.float32  # weights in bf16/fp16, fp32 main grads (else params are fp32 masters)
         self.buckets: list[list[Bucket]] = [self._build(chunk, bucket_mb) for chunk in chunks]
         self.sync_enabled = [False] * len(chunks)
+        self.weight_sync_enabled = [False] * len(chunks)
         self._bucket_of: dict[int, tuple[int, Bucket]] = {}
         for c, buckets in enumerate(self.buckets):
             for bucket in buckets:
@@ -110,22 +111,29 @@ class GradSynchronizer:
         """Called before the last micro-batch's backward of `chunk`: from now on, full buckets are reduced."""
         self.sync_enabled[chunk] = True
 
+    def enable_weight_sync(self, chunk: int) -> None:
+        """Called before the last deferred weight-gradient pass (W) of `chunk`: weight gradients added from now on
+        are final, so a bucket is reduced when its last W is done."""
+        self.weight_sync_enabled[chunk] = True
+
     def _on_grad_ready(self, param: nn.Parameter) -> None:
         """Post-accumulate-grad hook: autograd has finished this parameter's gradient of one backward."""
+        if getattr(param, "deferred_weight_grad", False):
+            return  # B/W split: autograd's accumulation in B is empty; the gradient comes through add_weight_grad
         if self.mixed:
             param.main_grad.add_(param.grad)  # bf16/fp16 -> fp32 accumulation
             param.grad = None
-        self._mark_ready(param)
+        self._mark_ready(param, self.sync_enabled)
 
     def add_weight_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
-        """A weight gradient computed outside autograd (e.g. a deferred weight-gradient step): accumulate it into the
-        fp32 main gradient and count the parameter ready for its bucket's reduction."""
+        """A weight gradient computed outside autograd (a pipeline schedule's deferred weight-gradient step W):
+        accumulate it into the fp32 main gradient and count the parameter ready once its chunk's last W runs."""
         param.main_grad.add_(grad)
-        self._mark_ready(param)
+        self._mark_ready(param, self.weight_sync_enabled)
 
-    def _mark_ready(self, param: nn.Parameter) -> None:
+    def _mark_ready(self, param: nn.Parameter, enabled: list[bool]) -> None:
         chunk, bucket = self._bucket_of[id(param)]
-        if not self.overlap or bucket.deferred or not self.sync_enabled[chunk]:
+        if not self.overlap or bucket.deferred or not enabled[chunk]:
             return
         bucket.ready.add(id(param))
         if len(bucket.ready) == len(bucket.params) and bucket.work is None:
@@ -170,6 +178,7 @@ class GradSynchronizer:
 
     def finish(self) -> None:
         """After backward: complete in-flight reductions, then the deferred ones (MP first, then DP)."""
+        self._sum_local_tied_copies()
         for buckets in self.buckets:
             for bucket in buckets:
                 if bucket.deferred:
@@ -179,6 +188,16 @@ class GradSynchronizer:
                     bucket.work = self._launch(bucket, async_op=False)
                 self._complete(bucket)
         self.sync_enabled = [False] * len(self.buckets)
+        self.weight_sync_enabled = [False] * len(self.buckets)
+
+    def _sum_local_tied_copies(self) -> None:
+        """ZB-V puts the embedding and the tied head copy on the same rank (first and last virtual stage): sum their
+        gradients here; the embedding group of that rank then has one member."""
+        tied = [p for b in self.all_buckets() for p in b.params if getattr(p, "embedding_sync", False)]
+        if len(tied) == 2:
+            total = tied[0].main_grad + tied[1].main_grad
+            for p in tied:
+                p.main_grad.copy_(total)
 
     def zero_grad(self) -> None:
         for buckets in self.buckets:

@@ -22,6 +22,7 @@ from gpt3d.model.layers import Dropout, Embedding, LMHead, PaddedVocabBias
 from . import comm
 from .context import Group
 from .random import StreamContext
+from .weight_grad import WeightGradStore, linear
 
 
 def _sharded_param(shape: tuple[int, ...], like: nn.Parameter, shard: ShardInfo) -> nn.Parameter:
@@ -40,10 +41,11 @@ class ColumnParallelLinear(nn.Module):
         self.weight = _sharded_param((out // group.size, inp), linear.weight, shard)
         self.bias = _sharded_param((out // group.size,), linear.bias, shard)
         self.group, self.sequence_parallel = group, sequence_parallel
+        self.weight_grad_store: Optional[WeightGradStore] = None  # set: B/W-split backward (zero-bubble schedules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = comm.gather_from_sp(x, self.group) if self.sequence_parallel else comm.copy_to_tp(x, self.group)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.weight_grad_store)
 
 
 class RowParallelLinear(nn.Module):
@@ -56,9 +58,10 @@ class RowParallelLinear(nn.Module):
         if sequence_parallel:
             self.bias.tp_partial_grad = True  # each rank sees only its sequence shard: sum grads over TP
         self.group, self.sequence_parallel = group, sequence_parallel
+        self.weight_grad_store: Optional[WeightGradStore] = None  # set: B/W-split backward (zero-bubble schedules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        partial = F.linear(x, self.weight)
+        partial = linear(x, self.weight, None, self.weight_grad_store)
         if self.sequence_parallel:
             out = comm.reduce_scatter_to_sp(partial, self.group)
         else:
@@ -82,7 +85,7 @@ class VocabParallelEmbedding(Embedding):
         self.dropout = embed.dropout
         self.group, self.sequence_parallel = group, sequence_parallel
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         if ids.shape[1] > self.pos.weight.shape[0]:
             raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the position table "
                              f"({self.pos.weight.shape[0]}); use shorter sequences or a larger model.seq_len")
@@ -94,11 +97,13 @@ class VocabParallelEmbedding(Embedding):
         if self.sequence_parallel:
             tokens = comm.reduce_scatter_to_sp(partial, self.group)
             shard = seq // self.group.size
-            positions = self.pos.weight[self.group.rank * shard:(self.group.rank + 1) * shard]
+            rows = slice(self.group.rank * shard, (self.group.rank + 1) * shard)
         else:
             tokens = comm.reduce_from_tp(partial, self.group)
-            positions = self.pos.weight[:seq]
-        return self.dropout(tokens + positions)
+            rows = slice(0, seq)
+        # Explicit position ids (packed examples) or the table's first rows.
+        pos = self.pos.weight[rows] if positions is None else F.embedding(positions[:, rows], self.pos.weight)
+        return self.dropout(tokens + pos)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -180,6 +185,29 @@ PLAN = {
     "embed": "vocab_embedding",
     "head": "vocab_head",
 }
+
+
+def use_parallel_linears(stage: GPTStage, group: Group, sequence_parallel: bool) -> None:
+    """Swap only the blocks' linears for their column/row-parallel versions (before materialisation): with tp=1
+    this changes no number, and gives every linear the B/W-splittable backward."""
+    for name, module in list(stage.named_modules()):
+        for pattern, kind in PLAN.items():
+            if kind in ("column", "row") and fnmatch.fnmatchcase(name, pattern) and isinstance(module, nn.Linear):
+                parent_name, _, attr = name.rpartition(".")
+                cls = ColumnParallelLinear if kind == "column" else RowParallelLinear
+                setattr(stage.get_submodule(parent_name), attr, cls(module, group, sequence_parallel))
+
+
+def attach_weight_grad_store(chunks: list[nn.Module], store: Optional[WeightGradStore]) -> int:
+    """Route the weight gradients of every column/row-parallel linear through `store`; returns how many."""
+    count = 0
+    for chunk in chunks:
+        for module in chunk.modules():
+            if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+                module.weight_grad_store = store
+                module.weight.deferred_weight_grad = store is not None  # its gradient comes through the store
+                count += 1
+    return count
 
 
 def apply_tensor_parallel(stage: GPTStage, group: Group, sequence_parallel: bool, rng_context: StreamContext) -> None:

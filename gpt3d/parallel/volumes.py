@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from gpt3d.config.run import RunConfig
 
 from .context import Layout, stage_layer_ids
+from .pipeline.schedules import placement_for
 
 FP32 = 4
 
@@ -41,9 +42,13 @@ class ParamSpec:
     deferred: bool  # reduced after backward (tied embedding, or TP-partial under sequence parallelism)
 
 
+def _virtual_stage(cfg: RunConfig, layout: Layout, pp_rank: int, chunk: int) -> int:
+    return placement_for(cfg.parallel.schedule, layout.pp, layout.vp)[pp_rank][chunk]
+
+
 def _chunk_layers(cfg: RunConfig, layout: Layout, pp_rank: int, chunk: int) -> list[int]:
     stages = stage_layer_ids(cfg.model.n_layers, layout.pp, layout.vp, cfg.parallel.pipeline_split)
-    return stages[chunk * layout.pp + pp_rank]
+    return stages[_virtual_stage(cfg, layout, pp_rank, chunk)]
 
 
 def chunk_params(cfg: RunConfig, layout: Layout, pp_rank: int, chunk: int) -> list[ParamSpec]:
@@ -52,8 +57,8 @@ def chunk_params(cfg: RunConfig, layout: Layout, pp_rank: int, chunk: int) -> li
     d, a, f, V = m.d_model, m.attn_width, m.d_ff, m.padded_vocab_size
     sp = cfg.parallel.sequence_parallel and t > 1
     tied_sync = m.tie_embeddings and layout.pp > 1
-    first = pp_rank == 0 and chunk == 0
-    last = pp_rank == layout.pp - 1 and chunk == layout.vp - 1
+    virtual = _virtual_stage(cfg, layout, pp_rank, chunk)
+    first, last = virtual == 0, virtual == layout.pp * layout.vp - 1
     out: list[ParamSpec] = []
     if first:
         out += [ParamSpec("embed.tok.weight", V // t * d, tied_sync), ParamSpec("embed.pos.weight", m.seq_len * d, sp)]
@@ -111,8 +116,9 @@ def rank_volumes(cfg: RunConfig, layout: Layout, num_micro: int, pp_rank: int) -
     table: dict[str, dict[str, int]] = {}
     for c in range(v):
         layers = len(_chunk_layers(cfg, layout, pp_rank, c))
-        first = pp_rank == 0 and c == 0
-        last = pp_rank == p - 1 and c == v - 1
+        placement = placement_for(par.schedule, p, v)
+        virtual = placement[pp_rank][c]
+        first, last = virtual == 0, virtual == p * v - 1
         if t > 1:
             per_mb: dict[str, int] = {}
             if sp:
@@ -145,10 +151,11 @@ def rank_volumes(cfg: RunConfig, layout: Layout, num_micro: int, pp_rank: int) -
                 _add(table, "tp", "all_reduce", partial * FP32)
         if p > 1:
             p2p = b * (s // t if sp else s) * d * FP32
-            virtual = c * p + pp_rank
-            sends = int(virtual != p * v - 1) + int(virtual != 0)
+            local = placement[pp_rank]  # a neighbour stage on this rank is handed over, not sent
+            sends = int(virtual != p * v - 1 and virtual + 1 not in local) + int(virtual != 0 and virtual - 1 not in local)
             _add(table, "pp", "send", num_micro * sends * p2p)
-            if m.tie_embeddings and (first or last):
+            ends_apart = placement[0][0] == 0 and p * v - 1 not in placement[0]  # else the copies sum locally
+            if m.tie_embeddings and (first or last) and ends_apart:
                 _add(table, "embedding", "all_reduce", m.padded_vocab_size // t * d * FP32)
         if dp > 1:
             buckets = bucket_numels(cfg, layout, pp_rank, c)

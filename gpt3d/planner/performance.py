@@ -31,6 +31,7 @@ from . import communication as comm
 from .efficiency import gemm_time, memory_bound_time
 from .hardware import GPUSpec
 from .layout import Layout
+from .schedule import bubble_slots
 from .memory import (ACTIVATION_BYTES, WEIGHT_BYTES, MemoryBreakdown, estimate_memory, first_stage_parameters,
                      last_stage_parameters, usable_bytes)
 from .sparsity import layout_density, materialized_score_fraction, mean_attention_density
@@ -260,7 +261,7 @@ def predict(model: ModelConfig, layout: Layout, gpu: GPUSpec, global_batch: int,
     layers = per_layer.total.scale(model.n_layers / p)
     embed = embedding_time(model, gpu, t, layout.micro_batch, seq_len, sp, act_bytes, options.gpus_per_node)
     head = head_time(model, gpu, t, layout.micro_batch, seq_len, sp, act_bytes, options.gpus_per_node)
-    first = layers + embed + (head if p == 1 else _Work())
+    first = layers + embed + (head if p == 1 or layout.schedule == "zbv" else _Work())  # zbv: V ends on rank 0
     last = layers + head
     stage = first if first.total >= last.total else last
 
@@ -276,7 +277,7 @@ def predict(model: ModelConfig, layout: Layout, gpu: GPUSpec, global_batch: int,
     accumulate_bytes = params * (WEIGHT_BYTES[options.dtype] + 2 * options.grad_reduce_bytes)
     stage = stage + _Work(memory_bound_time(accumulate_bytes, gpu, kernels=1))
     slot = stage.total + p2p_per_microbatch
-    bubble = (p - 1) / v * slot
+    bubble = bubble_slots(p, v, layout.schedule, m) * slot
 
     # data parallel
     dp_exposed = 0.0

@@ -39,12 +39,13 @@ def render(result: PlanResult, console: Console) -> None:
                   f"on {result.num_gpus} x {gpu.name}, global batch {result.global_batch}, seq {result.seq_len} "
                   f"({result.candidates} layouts evaluated in {result.elapsed_s:.2f} s)")
     perf = Table(title="Top layouts by predicted throughput (time per step, ms)")
-    for name in ("#", "tp", "pp", "dp", "vp", "mb", "sp", "recompute", "dist opt", "step s", "tokens/s",
+    for name in ("#", "tp", "pp", "dp", "vp", "schedule", "mb", "sp", "recompute", "dist opt", "step s", "tokens/s",
                  "TFLOP/s/GPU", "MFU", "compute", "TP comm", "PP bubble", "PP p2p", "DP exposed", "optimizer"):
         perf.add_column(name, justify="right")
     for rank, p in enumerate(result.ranked, 1):
         lay, t = p.layout, p.time
-        perf.add_row(str(rank), str(lay.tp), str(lay.pp), str(lay.dp), str(lay.vp), str(lay.micro_batch),
+        schedule = "interleaved" if lay.schedule == "1f1b" and lay.vp > 1 else lay.schedule
+        perf.add_row(str(rank), str(lay.tp), str(lay.pp), str(lay.dp), str(lay.vp), schedule, str(lay.micro_batch),
                      "on" if lay.sequence_parallel else "off", lay.recompute,
                      "on" if lay.distributed_optimizer else "off", f"{p.iteration_time_s:.2f}",
                      f"{p.tokens_per_s:,.0f}", f"{p.model_tflops_per_gpu:.1f}", f"{p.mfu:.1%}", _ms(t.compute),

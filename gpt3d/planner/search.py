@@ -64,8 +64,17 @@ def candidate_layouts(model: ModelConfig, num_gpus: int, global_batch: int, gpus
             vps = [1] + ([v for v in _divisors(max(1, model.n_layers // pp), MAX_VP) if v > 1] if pp > 1 else [])
             for mb, vp, sp, rc, dopt in itertools.product(micro_batches, vps, (False, True) if tp > 1 else (False,),
                                                           RECOMPUTE_MODES, (False, True) if dp > 1 else (False,)):
-                yield Layout(tp=tp, pp=pp, dp=dp, vp=vp, micro_batch=mb, sequence_parallel=sp, recompute=rc,
-                             distributed_optimizer=dopt)
+                for schedule in schedules_for(pp, vp):
+                    yield Layout(tp=tp, pp=pp, dp=dp, vp=vp, micro_batch=mb, sequence_parallel=sp, recompute=rc,
+                                 distributed_optimizer=dopt, schedule=schedule)
+
+
+def schedules_for(pp: int, vp: int) -> tuple[str, ...]:
+    """The schedule dimension: 1F1B (interleaved when vp > 1) and the zero-bubble ZB-H1 (vp 1) and ZB-V (vp 2).
+    GPipe is never faster than 1F1B at more memory, so it is not searched."""
+    if pp == 1:
+        return ("1f1b",)
+    return ("1f1b", "zbh1") if vp == 1 else ("1f1b", "zbv") if vp == 2 else ("1f1b",)
 
 
 def plan(model: ModelConfig, gpu: GPUSpec, num_gpus: int, global_batch: int, seq_len: int, top_k: int = 5,

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="directory for profile.json/.csv/.png (default: runs/<config name>-profile)")
     parser.add_argument("--overwrite", action="store_true", help="replace a profile already in --out")
     parser.add_argument("--peak-tflops", type=float,
-                        help="peak TFLOP/s of one device for MFU (default: A100/H100 bf16 datasheet; on CPU a GEMM "
-                             "measured in the same run)")
+                        help="peak TFLOP/s of one device for MFU (default: A100/H100 bf16 datasheet; on CPU the hardware "
+                             "peak: cores x clock x FLOPs/cycle of the ISA and dtype, gpt3d/profiler/cpu_peak.py)")
     parser.add_argument("--trace", action="store_true",
                         help="also run one step under torch.profiler and write trace_rank<R>.json (Chrome trace)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

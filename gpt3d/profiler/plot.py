@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PHASE_COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "recompute": "#55A868"}
-EVENT_COLORS = {"F": PHASE_COLORS["forward"], "B": PHASE_COLORS["backward"]}
+EVENT_COLORS = {"F": PHASE_COLORS["forward"], "B": PHASE_COLORS["backward"], "W": PHASE_COLORS["recompute"]}
 
 
 def write_plot(report: dict, path: Path) -> None:
@@ -44,10 +44,11 @@ def write_plot(report: dict, path: Path) -> None:
     lanes.set_yticks(range(len(timeline)))
     lanes.set_yticklabels(labels, fontsize=8)
     lanes.invert_yaxis()
-    lanes.set_xlabel("ms since step start (F = forward, B = backward, number = micro-batch)")
+    lanes.set_xlabel("ms since step start (F = forward, B = backward, W = weight gradient, number = micro-batch)")
     lanes.set_title("pipeline schedule of the last measured step")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in EVENT_COLORS.values()]
-    lanes.legend(handles, ["forward", "backward"], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    lanes.legend(handles, ["forward", "backward", "weight gradient (W)"], loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                 fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gpt3d.config.run import RunConfig
 from gpt3d.model.flops import BACKWARD_TO_FORWARD_RATIO, megatron_model_flops
+from gpt3d.parallel.pipeline.simulator import stage_costs_from_events
 
 from .comm_timing import COMM_GROUPS
 from .segments import KIND_LABELS
@@ -17,11 +18,12 @@ CSV_FIELDS = ("stage", "chunk", "virtual_stage", "layer", "name", "kind", "forwa
               "param_bytes")
 
 
-def theoretical_bubble(pp: int, num_micro: int, vp: int) -> float:
-    """Idle fraction of a 1F1B/GPipe schedule, (p-1)/(m+p-1); interleaving divides the bubble by v:
-    ((p-1)/v) / (m + (p-1)/v)."""
-    idle = (pp - 1) / vp
-    return idle / (num_micro + idle)
+def theoretical_bubble(pp: int, num_micro: int, vp: int, schedule: str = "1f1b") -> float:
+    """Idle fraction of the schedule with equal stage costs (gpt3d/planner/schedule.py): (p-1)/(m+p-1) for
+    1F1B/GPipe, ((p-1)/v) / (m + (p-1)/v) interleaved, and the zero-bubble schedules' smaller idle time."""
+    from gpt3d.planner.schedule import bubble_fraction
+    kind = schedule if schedule in ("zbh1", "zbv") else "1f1b"
+    return bubble_fraction(pp, num_micro, vp, kind)
 
 
 def _layer_entry(seg: dict, rank: dict) -> dict:
@@ -54,7 +56,7 @@ def build_report(cfg: RunConfig, options, layout, num_micro: int, ranks: list[di
         for position, seg in enumerate(rank["segments"]):  # forward order within the rank
             ordered.append((seg["virtual_stage"], position, _layer_entry(seg, rank)))
     layers = [entry for _, _, entry in sorted(ordered, key=lambda t: t[:2])]  # pipeline order
-    theory = theoretical_bubble(pp, num_micro, vp)
+    theory = theoretical_bubble(pp, num_micro, vp, cfg.parallel.schedule)
     stages = []
     for p in range(pp):
         r = representative[p]
@@ -94,7 +96,7 @@ def build_report(cfg: RunConfig, options, layout, num_micro: int, ranks: list[di
         "version": 1,
         "config": options.config_name, "preset": cfg.preset,
         "layout": {"tp": tp, "pp": pp, "dp": dp, "vp": vp, "world_size": layout.world_size,
-                   "schedule": "interleaved" if vp > 1 else cfg.parallel.schedule,
+                   "schedule": cfg.parallel.schedule,
                    "recompute": cfg.parallel.recompute, "sequence_parallel": cfg.parallel.sequence_parallel},
         "batch": {"global_batch_size": G, "micro_batch_size": cfg.train.micro_batch_size, "num_micro": num_micro,
                   "seq_len": seq, "dtype": cfg.train.dtype},
@@ -108,6 +110,8 @@ def build_report(cfg: RunConfig, options, layout, num_micro: int, ranks: list[di
         "timeline": [{"rank": r["rank"], "stage": r["pp_rank"], "tp_rank": r["tp_rank"], "dp_rank": r["dp_rank"],
                       "window": r["window"], "events": r["events"]} for r in ranks],
         "trace_files": [f for r in ranks for f in r.get("trace_files", [])],
+        # per-stage F / B / W costs for `gpt3d schedule --costs` (gpt3d/parallel/pipeline/simulator.py)
+        "schedule_costs": stage_costs_from_events([r["events"] for r in ranks], vp),
     }
 
 

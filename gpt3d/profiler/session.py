@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from gpt3d.config.base import ConfigError
 from gpt3d.config.run import RunConfig
-from gpt3d.train.loop import build_data, global_batch, report_failure
+from gpt3d.train.loop import build_data, global_batch, make_trainer, report_failure
 from gpt3d.train.runtime import Runtime, init_runtime
 from gpt3d.train.trainer import Trainer
 
@@ -53,10 +53,13 @@ class ProfileOptions:
         return self.steps + int(self.trace)
 
 
-def device_peak_tflops(device: torch.device, threads: int) -> tuple[float, str]:
-    """(peak TFLOP/s of one device, where it comes from). CUDA: the datasheet bf16 peak of a known GPU; CPU: a GEMM
-    measured now, in this process, with this rank's threads (the same conditions as the profiled steps)."""
-    from gpt3d.planner.hardware import A100_BF16_TFLOPS, H100_BF16_TFLOPS, measure_cpu_spec
+TRAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_peak_tflops(device: torch.device, threads: int, dtype: torch.dtype) -> tuple[float, str]:
+    """(peak TFLOP/s of one device, where it comes from). CUDA: the datasheet bf16 peak of a known GPU; CPU: the
+    hardware peak of this rank's cores for the training dtype (gpt3d/profiler/cpu_peak.py), never a measured GEMM."""
+    from gpt3d.planner.hardware import A100_BF16_TFLOPS, H100_BF16_TFLOPS
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device).lower()
         if "h100" in name:
@@ -64,8 +67,8 @@ def device_peak_tflops(device: torch.device, threads: int) -> tuple[float, str]:
         if "a100" in name:
             return A100_BF16_TFLOPS, f"A100 bf16 datasheet ({name})"
         raise ConfigError(f"--peak-tflops: no known peak for GPU {name!r} (known: A100, H100); pass --peak-tflops X")
-    spec = measure_cpu_spec(threads)
-    return spec.peak_tflops_bf16, f"measured fp32 GEMM, {threads} thread(s)"
+    from gpt3d.profiler.cpu_peak import cpu_peak_tflops
+    return cpu_peak_tflops(dtype, threads)
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
@@ -90,12 +93,12 @@ def run_profile(cfg: RunConfig, options: ProfileOptions, rt: Runtime) -> Optiona
     """Profile on this rank; returns the report on rank 0 (None elsewhere)."""
     ctx = rt.ctx
     data = build_data(cfg)
-    trainer = Trainer(cfg, rt)
+    trainer = make_trainer(cfg, rt)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     _barrier(rt)
     peak = (options.peak_tflops, "--peak-tflops") if options.peak_tflops else \
-        device_peak_tflops(ctx.device, torch.get_num_threads())
+        device_peak_tflops(ctx.device, torch.get_num_threads(), TRAIN_DTYPES[cfg.train.dtype])
     profiler = TrainerProfiler(trainer)
     G = cfg.train.global_batch_size
     measured: list[StepProfile] = []

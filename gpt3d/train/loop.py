@@ -26,9 +26,20 @@ def dataset_sizes(cfg: RunConfig) -> dict[str, int]:
 
 
 def build_data(cfg: RunConfig):
+    if cfg.train.objective != "pretrain":  # fine-tuning: packed JSONL examples (gpt3d/finetune/data.py)
+        from gpt3d.finetune.data import build_finetune_data
+        return build_finetune_data(cfg)
     from gpt3d.data.gpt_dataset import build_datasets
     return build_datasets(cfg.data, cfg.train.seq_len, cfg.train.seed, dataset_sizes(cfg), cfg.model.vocab_size,
                           cfg.data.cache_dir)
+
+
+def make_trainer(cfg: RunConfig, rt) -> Trainer:
+    """The trainer of train.objective: pre-training, or a fine-tuning objective (gpt3d/finetune/trainer.py)."""
+    if cfg.train.objective == "pretrain":
+        return Trainer(cfg, rt)
+    from gpt3d.finetune.trainer import ObjectiveTrainer
+    return ObjectiveTrainer(cfg, rt)
 
 
 def global_batch(dataset, step: int, size: int) -> np.ndarray:
@@ -89,7 +100,7 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
     ctx = rt.ctx
     is_logger = ctx.rank == 0
     data = build_data(cfg)
-    trainer = Trainer(cfg, rt)
+    trainer = make_trainer(cfg, rt)
     saver = CheckpointSaver(trainer, run_dir)
     start = resume(cfg, run_dir, trainer)
     G, seq = cfg.train.global_batch_size, cfg.train.seq_len
@@ -106,6 +117,7 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
             record = step_record(step + 1, result.loss, result.lr, result.grad_norm, result.seconds, G * seq, flops,
                                  ctx.layout.world_size, result.comm_bytes, result.applied,
                                  trainer.scaler.scale if trainer.scaler.enabled else None)
+            record.update(result.metrics)
             if cfg.train.eval_interval and ((step + 1) % cfg.train.eval_interval == 0 or
                                             step + 1 == cfg.train.steps):
                 losses = [trainer.eval_loss(global_batch(data["valid"], i, G))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,10 +12,13 @@ from gpt3d.config.run import RunConfig
 from gpt3d.parallel.build import build_model_chunks
 from gpt3d.parallel.data_parallel import GradSynchronizer
 from gpt3d.parallel.optimizer import DynamicLossScaler, ShardedAdamW, lr_at
+from gpt3d.parallel.pipeline.actions import Schedule
 from gpt3d.parallel.pipeline.p2p import P2PShape
 from gpt3d.parallel.pipeline.runner import StageRunner
-from gpt3d.parallel.pipeline.schedules import SCHEDULES
+from gpt3d.parallel.pipeline.schedules import SPLIT_BACKWARD, build_schedule, forward_only
 from gpt3d.parallel.random import seed_everything
+from gpt3d.parallel.tensor import attach_weight_grad_store
+from gpt3d.parallel.weight_grad import WeightGradStore
 
 from .precision import compute_dtype, require_dtype_runs
 from .runtime import Runtime
@@ -30,6 +33,7 @@ class StepResult:
     seconds: float
     busy_s: float
     comm_bytes: dict
+    metrics: dict = field(default_factory=dict)  # objective-specific means (fine-tuning: accuracies, margins)
 
 
 class Trainer:
@@ -45,7 +49,12 @@ class Trainer:
         self.scaler = DynamicLossScaler(cfg.optim.initial_loss_scale, cfg.optim.loss_scale_window,
                                         enabled=cfg.train.dtype == "fp16")
         self.step_index = 0
-        self.schedule = "interleaved" if cfg.parallel.vp > 1 else cfg.parallel.schedule
+        self.schedule = cfg.parallel.schedule  # the config resolved vp > 1 with 1f1b to interleaved
+        self.weight_grads = None
+        if self.schedule in SPLIT_BACKWARD:
+            self.weight_grads = WeightGradStore(self.sync.add_weight_grad)
+            attach_weight_grad_store(self.chunks, self.weight_grads)
+        self._schedules: dict[tuple[bool, int], Schedule] = {}
         self.last_runner: StageRunner | None = None
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -53,6 +62,30 @@ class Trainer:
         tp = self.ctx.layout.tp
         local_seq = seq_len // tp if self.cfg.parallel.sequence_parallel else seq_len
         return P2PShape((micro_batch, local_seq, self.cfg.model.d_model), self.dtype)  # activations' own dtype
+
+    def pipeline_schedule(self, num_micro: int, training: bool = True) -> Schedule:
+        """Every rank's action list for `num_micro` micro-batches (built once per count)."""
+        key = (training, num_micro)
+        if key not in self._schedules:
+            layout = self.ctx.layout
+            self._schedules[key] = (build_schedule(self.schedule, layout.pp, num_micro, layout.vp) if training
+                                    else forward_only(layout.pp, num_micro, layout.vp, self.schedule))
+        return self._schedules[key]
+
+    def make_runner(self, inputs: list[torch.Tensor], labels: list[torch.Tensor], training: bool = True,
+                    chunks: list | None = None):
+        """A runner over this rank's chunks (or `chunks`: another model of the same layout, forward only)."""
+        spec = self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1])
+        kwargs = self.stage_kwargs(labels)
+        if not training:
+            return StageRunner(self.ctx, chunks or self.chunks, inputs, labels, spec, lambda c: None,
+                               stage_kwargs=kwargs)
+        return StageRunner(self.ctx, self.chunks, inputs, labels, spec, self.sync.enable_sync, self.scaler.scale,
+                           self.weight_grads, self.sync.enable_weight_sync, stage_kwargs=kwargs)
+
+    def stage_kwargs(self, labels: list) -> list[dict] | None:
+        """Per micro-batch keywords every model chunk's forward receives (fine-tuning: the packed layout)."""
+        return None
 
     def micro_batches(self, samples: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """This DP rank's slice of the global batch [G, s+1], cut into micro-batches of (inputs, labels)."""
@@ -80,11 +113,9 @@ class Trainer:
             chunk.train()
         self.ctx.reset_comm_bytes()
         inputs, labels = self.micro_batches(samples)
-        runner = StageRunner(self.ctx, self.chunks, inputs, labels, self.p2p_shape(inputs[0].shape[0],
-                                                                                  inputs[0].shape[1]),
-                             self.sync.enable_sync, self.scaler.scale)
+        runner = self.make_runner(inputs, labels)
         self.sync.zero_grad()
-        SCHEDULES[self.schedule](runner)
+        runner.run(self.pipeline_schedule(len(inputs)))
         self.ctx.schedule_step = "gradient reduction"
         self.sync.finish()
         lr = lr_at(self.step_index, self.cfg.optim, self.cfg.train.steps)
@@ -103,20 +134,9 @@ class Trainer:
     @torch.no_grad()
     def eval_loss(self, samples: np.ndarray) -> float:
         """Forward-only pass over one global batch (pipeline: forward schedule, no backward)."""
-        from gpt3d.parallel.pipeline import p2p
         for chunk in self.chunks:
             chunk.eval()
         inputs, labels = self.micro_batches(samples)
-        runner = StageRunner(self.ctx, self.chunks, inputs, labels,
-                             self.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), lambda c: None)
-        ctx, spec = self.ctx, runner.spec
-        for mb in range(len(inputs)):
-            for c in range(len(self.chunks)):
-                received = None
-                if not runner.is_first_virtual(c):
-                    received = p2p.exchange(ctx, spec, recv_prev=True)[0]
-                out = runner.forward(c, mb, received)
-                runner.saved.clear()
-                if out is not None:
-                    p2p.exchange(ctx, spec, send_next=out)
+        runner = self.make_runner(inputs, labels, training=False)
+        runner.run(self.pipeline_schedule(len(inputs), training=False))
         return self.mean_loss(runner.losses, len(inputs) * self.ctx.layout.dp)

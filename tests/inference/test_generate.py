@@ -3,6 +3,7 @@ token, in the layouts 1x1, tp2, pp2 and tp2 x pp2 (fp32, batched with left paddi
 tokens in every layout; block-sparse layers decode like the model's own full forward."""
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -127,3 +128,24 @@ def test_eos_and_stop_end_completions(models):
     out = engine.generate([PROMPTS[0]], SamplingConfig(max_new_tokens=20, temperature=0),
                           stop=lambda toks: len(toks) == 3)[0]
     assert out.tokens == free[:3] and out.finish_reason == "stop"
+
+
+def test_generate_command_jsonl_in_and_out(models, tmp_path, capsys):
+    from gpt3d.cli import main
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_ids": p, "tag": i}) + "\n" for i, p in enumerate(PROMPTS)))
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", str(models[0]), "--prompts", str(prompts), "--temperature", "0", "--max-new-tokens",
+                 "12", "--batch-size", "2", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    engine = InferenceEngine.load(models[0])
+    expected = engine.generate(PROMPTS, SamplingConfig(max_new_tokens=12, temperature=0))
+    assert [r["index"] for r in lines] == [r["tag"] for r in lines] == list(range(len(PROMPTS)))
+    assert [r["completion_ids"] for r in lines] == [c.tokens for c in expected]
+    assert all(r["finish_reason"] == "length" and r["prompt_tokens"] == len(p) for r, p in zip(lines, PROMPTS))
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt_ids": [1] * 95}) + "\n")
+    assert main(["generate", str(models[0]), "--prompts", str(long), "--max-new-tokens", "4"]) == 2
+    assert "request 0: prompt of 95 tokens + 4 new tokens exceeds the context of 96 tokens" in capsys.readouterr().err
+    assert main(["generate", str(models[0]), "--prompts", str(long), "--prompt", "x"]) == 2
+    assert "give exactly one of --prompt TEXT or --prompts FILE.jsonl" in capsys.readouterr().err

@@ -16,8 +16,6 @@ import torch.distributed as dist
 from gpt3d.config import load_config
 from gpt3d.launch.spawn import spawn
 from gpt3d.parallel.gather import gather_full
-from gpt3d.parallel.pipeline.runner import StageRunner
-from gpt3d.parallel.pipeline.schedules import SCHEDULES
 from gpt3d.train.runtime import init_runtime
 from gpt3d.train.trainer import Trainer
 
@@ -61,11 +59,9 @@ def reduced_gradients(trainer: Trainer, batch: np.ndarray) -> dict:
     inputs, labels = trainer.micro_batches(batch)
     for chunk in trainer.chunks:
         chunk.train()
-    runner = StageRunner(trainer.ctx, trainer.chunks, inputs, labels,
-                         trainer.p2p_shape(inputs[0].shape[0], inputs[0].shape[1]), trainer.sync.enable_sync,
-                         trainer.scaler.scale)
+    runner = trainer.make_runner(inputs, labels)
     trainer.sync.zero_grad()
-    SCHEDULES[trainer.schedule](runner)
+    runner.run(trainer.pipeline_schedule(len(inputs)))
     trainer.sync.finish()
     trainer.sync.gather_grads()
     grads = gather_full(trainer.ctx, trainer.chunks, "grad")
@@ -180,6 +176,8 @@ DIST_OPT = "parallel.distributed_optimizer=true"
 FULL = "parallel.recompute=full"
 SELECTIVE = "parallel.recompute=selective"
 GPIPE = "parallel.schedule=gpipe"
+ZBH1 = "parallel.schedule=zbh1"
+ZBV = "parallel.schedule=zbv"
 TRAJECTORY_STEPS = 20  # the loss trajectories of the key layouts, optimizer stepping
 SHORT_STEPS = 5  # gradient checks (after step 1) and a short trajectory for every other layout
 
@@ -193,6 +191,12 @@ PARITY_JOBS: dict[str, tuple[int, list[str], int]] = {
     "1x2x2 vp2 dist-opt": (4, layout_overrides(1, 2, 2, vp=2) + [DIST_OPT], SHORT_STEPS),
     "2x1x2 full-recompute": (4, layout_overrides(2, 1, 2) + [FULL], SHORT_STEPS),
     "1x4x1 gpipe": (4, layout_overrides(1, 4, 1) + [GPIPE], SHORT_STEPS),
+    # Zero-bubble schedules (B/W-split linears, deferred weight gradients through GradSynchronizer.add_weight_grad).
+    "2x2x2 zbv sp dist-opt full-recompute": (8, layout_overrides(2, 2, 2) + [ZBV, SP, DIST_OPT, FULL], SHORT_STEPS),
+    "2x2x1 zbh1 sp selective-recompute": (4, layout_overrides(2, 2, 1) + [ZBH1, SP, SELECTIVE], SHORT_STEPS),
+    "1x2x2 zbh1 dist-opt full-recompute": (4, layout_overrides(1, 2, 2) + [ZBH1, DIST_OPT, FULL], SHORT_STEPS),
+    "1x4x1 zbh1": (4, layout_overrides(1, 4, 1) + [ZBH1], SHORT_STEPS),
+    "1x2x2 zbv selective-recompute": (4, layout_overrides(1, 2, 2) + [ZBV, SELECTIVE], SHORT_STEPS),
     "2x1x1": (2, layout_overrides(2, 1, 1), SHORT_STEPS),
     "1x2x1": (2, layout_overrides(1, 2, 1), SHORT_STEPS),
     "1x1x2": (2, layout_overrides(1, 1, 2), SHORT_STEPS),

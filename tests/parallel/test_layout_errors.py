@@ -43,6 +43,12 @@ LAYOUT_ERRORS = {
     "interleaved with m not divisible by pp": (
         ["parallel.pp=2", "parallel.vp=2", "train.global_batch_size=6"], 2,
         r"interleaved schedule \(vp=2\) needs the number of micro-batches \(3 = 6 / \(2 x dp 1\)\) divisible by pp=2"),
+    "zbv with layers not divisible into 2*pp chunks": (
+        ["parallel.pp=4", "parallel.schedule=zbv"], 4,
+        r"schedule zbv: model.n_layers=4 cannot be divided into 2\*pp=8 model chunks \(two per rank, in a V\)"),
+    "zbv with fewer micro-batches than stages": (
+        ["parallel.pp=4", "parallel.schedule=zbv", "model.n_layers=8", "train.global_batch_size=6"], 4,
+        r"schedule zbv needs at least pp=4 micro-batches, got 3 = 6 / \(2 x dp 1\)"),
     "sequence parallel with seq not divisible by tp": (
         ["parallel.tp=4", "parallel.sequence_parallel=true", "train.seq_len=30"], 4,
         r"sequence parallel needs seq_len=30 divisible by tp=4"),
@@ -60,7 +66,15 @@ def test_invalid_layout_is_rejected_before_any_process(case):
 CONFIG_ERRORS = {
     "vp > 1 with pp = 1": (["parallel.vp=2"], r"parallel.vp: vp=2 needs pp > 1"),
     "interleaved with gpipe": (["parallel.pp=2", "parallel.vp=2", "parallel.schedule=gpipe"],
-                               r"parallel.schedule: vp > 1 runs interleaved 1F1B"),
+                               r"parallel.schedule: schedule gpipe runs one model chunk per rank; vp > 1 needs "
+                               r"interleaved \(or zbv\)"),
+    "zbh1 with vp 2": (["parallel.pp=2", "parallel.vp=2", "parallel.schedule=zbh1"],
+                       r"parallel.schedule: schedule zbh1 runs one model chunk per rank"),
+    "zbv with vp 3": (["parallel.pp=2", "parallel.vp=3", "parallel.schedule=zbv"],
+                      r"parallel.vp: schedule zbv runs exactly 2 model chunks per rank, got vp=3"),
+    "zbv without a pipeline": (["parallel.schedule=zbv"], r"parallel.schedule: zbv needs pp > 1"),
+    "interleaved with one chunk": (["parallel.pp=2", "parallel.schedule=interleaved"],
+                                   r"parallel.schedule: interleaved needs vp > 1 model chunks per rank"),
     "pipeline split with an empty stage": (["parallel.pp=4", "parallel.pipeline_split=[2,2,0,0]"],
                                            r"parallel.pipeline_split: every stage needs at least one layer"),
     "pipeline split of the wrong length": (["parallel.pp=2", "parallel.pipeline_split=[1,1,2]"],

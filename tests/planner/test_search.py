@@ -68,7 +68,7 @@ def test_cli_table(capsys):
     (("gpt3-175b", "--gpus", "8", "--gpu", "v100"), "unknown GPU 'v100'; known GPUs: a100-80gb, a100-40gb"),
     (("gpt3-175b", "--gpus", "8", "--gpu", "a100-40gb"), "smallest cluster that works: 96 GPUs"),
     (("gpt3-175b", "--gpus", "1024", "--gpu", "a100-80gb", "--global-batch", "7"),
-     "does not divide: micro_batch*dp does not divide the global batch: 1296 layouts"),
+     "does not divide: micro_batch*dp does not divide the global batch: 1782 layouts"),  # x the schedules
     (("gpt3-xl", "--gpus", "0", "--gpu", "a100-80gb"), "--gpus must be >= 1"),
     (("no-such-config", "--gpus", "8", "--gpu", "a100-80gb"), "no such file 'no-such-config'"),
 ])

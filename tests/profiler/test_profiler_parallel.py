@@ -3,10 +3,9 @@ tensor-parallel collectives are timed, and full recomputation reports recompute 
 import pytest
 
 from gpt3d.config import load_config
-from gpt3d.model.flops import megatron_model_flops
 from gpt3d.profiler.report import theoretical_bubble
 
-from .helpers import accounting_error, profile
+from .helpers import accounting_error, megatron_paper_flops, profile
 
 
 def test_pipeline_two_stages(tmp_path):
@@ -33,6 +32,15 @@ def test_pipeline_two_stages(tmp_path):
     for events in lanes.values():  # 4 forwards and 4 backwards per stage, in the 1F1B order
         assert sorted(kind for kind, *_ in events) == ["B"] * 4 + ["F"] * 4
     assert (tmp_path / "profile.png").stat().st_size > 0
+    # Per-stage schedule costs for `gpt3d schedule --costs`: the mean F of the timeline; B measured unsplit (1F1B).
+    forwards = [end - start for events in lanes.values() for kind, _, _, start, end in events if kind == "F"]
+    costs = report["schedule_costs"]
+    assert costs["forward_s"] == pytest.approx(sum(forwards) / len(forwards))
+    assert costs["weight_split_measured"] is False and costs["backward_input_s"] == costs["backward_weight_s"] > 0
+    from gpt3d.cli import main
+    assert main(["schedule", "--kind", "zbh1", "--pp", "2", "-m", "4", "--costs", str(tmp_path / "profile.json"),
+                 "--out", str(tmp_path / "gantt")]) == 0
+    assert (tmp_path / "gantt" / "schedule-zbh1.png").stat().st_size > 0
 
 
 def test_tensor_and_pipeline_parallel_with_full_recompute(tmp_path):
@@ -44,7 +52,8 @@ def test_tensor_and_pipeline_parallel_with_full_recompute(tmp_path):
     stage_layers = {s["stage"]: s["layers"] for s in report["stages"]}
     assert stage_layers == {0: [0, 1], 1: [2, 3]}
     G, s = cfg.train.global_batch_size, cfg.train.seq_len
-    assert sum(e["flops"] for e in report["layers"]) == pytest.approx(megatron_model_flops(cfg.model, G, s),
+    assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.padded_vocab_size) == (4, 64, 512)
+    assert sum(e["flops"] for e in report["layers"]) == pytest.approx(megatron_paper_flops(G, s, 4, 64, 512),
                                                                       rel=1e-12)
     for e in report["layers"]:
         assert e["flops_rank"] * 2 == pytest.approx(e["flops"] * (4 / 3 if e["layer"] is not None else 1))

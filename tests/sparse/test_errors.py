@@ -6,7 +6,7 @@ import torch
 
 from gpt3d.config.sparse import SparseAttentionConfig
 from gpt3d.kernels.sparse_attention import block_sparse_attention, compile_layout
-from gpt3d.model.sparsity import make_layout
+from gpt3d.sparse.layout import make_layout
 
 
 def _qkv(seq=128, heads=2, d=16, dtype=torch.float32):
@@ -37,7 +37,7 @@ def test_wrapper_errors(fused_kernel, impl):
         block_sparse_attention(q, k, v, LAYOUT, 8, impl=impl)
     with pytest.raises(ValueError, match="torch.bool"):
         block_sparse_attention(q, k, v, LAYOUT.float(), 32, impl=impl)
-    with pytest.raises(ValueError, match="impl must be 'fused' or 'reference'"):
+    with pytest.raises(ValueError, match="impl must be 'auto', 'fused' or 'reference'"):
         block_sparse_attention(q, k, v, LAYOUT, 32, impl="triton")
 
 

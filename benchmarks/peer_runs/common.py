@@ -1,0 +1,75 @@
+"""What every framework's run shares: the job (model spec, layout, dtype, data, initial weights), rank setup, the step
+loop with its timing, and the per-rank result file (losses, step times, peak RSS)."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+
+import numpy as np
+import torch
+
+SEED = 1234  # gpt3d's train.seed: its layout-independent init is the initial weights every framework starts from
+
+
+def model_config(job: dict):
+    """The gpt3d ModelConfig of the benchmark's GPT (untied head: every peer's pipeline supports it plainly)."""
+    from gpt3d.config.model import ModelConfig
+    s = job["spec"]
+    return ModelConfig(n_layers=s["layers"], d_model=s["d_model"], n_heads=s["heads"], seq_len=s["seq"],
+                       vocab_size=s["vocab"], vocab_pad_multiple=128, activation="gelu_tanh", hidden_dropout=0.0,
+                       attn_dropout=0.0, tie_embeddings=False)
+
+
+def initial_state_dict(job: dict) -> dict[str, torch.Tensor]:
+    """gpt3d's full initial state dict (fp32), as written by the driver."""
+    return torch.load(job["weights"], weights_only=True)
+
+
+def batches(job: dict) -> np.ndarray:
+    """[steps, global batch, seq + 1] int64 tokens, the same for every framework."""
+    return np.load(job["tokens"])
+
+
+def setup_rank(rank: int, job: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(job["world"]), LOCAL_WORLD_SIZE=str(job["world"]))
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+
+
+def compute_dtype(job: dict) -> torch.dtype:
+    return torch.bfloat16 if job["dtype"] == "bf16" else torch.float32
+
+
+def timed_steps(step, job: dict) -> tuple[list[float], list[float]]:
+    """Run step(i, tokens[i]) -> global mean loss for every step; (losses, seconds per step), all ranks in lockstep."""
+    data = batches(job)
+    losses, seconds = [], []
+    for i in range(len(data)):
+        torch.distributed.barrier()
+        start = time.perf_counter()
+        losses.append(float(step(i, torch.from_numpy(data[i]))))
+        torch.distributed.barrier()
+        seconds.append(time.perf_counter() - start)
+    return losses, seconds
+
+
+def write_result(rank: int, job: dict, losses: list[float], seconds: list[float]) -> None:
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open(os.path.join(job["out"], f"rank{rank}.json"), "w") as fh:
+        json.dump({"losses": losses, "seconds": seconds, "peak_rss": peak_rss}, fh)
+
+
+def dp_share(tokens: torch.Tensor, rank: int, dp: int) -> torch.Tensor:
+    """This data-parallel rank's contiguous share of the global batch."""
+    per = tokens.shape[0] // dp
+    return tokens[rank * per:(rank + 1) * per]
+
+
+def global_mean(loss: torch.Tensor) -> float:
+    """Mean of a per-rank mean loss over all ranks (equal token counts per rank)."""
+    t = loss.detach().float().clone()
+    torch.distributed.all_reduce(t)
+    return t.item() / torch.distributed.get_world_size()

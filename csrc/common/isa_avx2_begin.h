@@ -1,0 +1,14 @@
+// Include at the top of an AVX2+FMA translation unit, after the system headers and BEFORE any gpt3d header: every
+// function defined below is compiled for AVX2+FMA (callers check cpu_isa() first). gpt3d headers keep their functions
+// in anonymous namespaces, so these copies never replace the portable ones at link time.
+// On a non-x86 target GPT3D_AVX2 stays undefined and the file compiles to nothing useful (never called).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GPT3D_AVX2 1
+#define GPT3D_ISA_ACTIVE 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#endif

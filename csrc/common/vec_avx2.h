@@ -1,0 +1,118 @@
+// 8 x fp32 AVX2+FMA vector with the interface of VecAvx512 (masked tails, fp32 <-> bf16). Include ONLY in a translation
+// unit compiled for AVX2+FMA (see *_cpu_avx2.cpp: the target pragma comes before this include); callers check
+// cpu_isa(). AVX2 has no masked 16-bit loads or stores, so a partial vector goes through an 8-lane stack buffer.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace gpt3d {
+namespace {
+
+struct VecAvx2 {
+  static constexpr int kWidth = 8;
+  using Mask = __m256;  // all-ones lanes are selected
+  __m256 v;
+
+  static Mask first(int n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+  }
+  static VecAvx2 zero() { return {_mm256_setzero_ps()}; }
+  static VecAvx2 set1(float f) { return {_mm256_set1_ps(f)}; }
+
+  static VecAvx2 load(const float* p, int n = kWidth) {
+    return {n >= kWidth ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, _mm256_castps_si256(first(n)))};
+  }
+  static VecAvx2 widen_bf16(__m128i h) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))}; }
+  static VecAvx2 load(const uint16_t* p, int n = kWidth) {
+    if (n >= kWidth) return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    uint16_t buf[kWidth] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::memcpy(buf, p, sizeof(uint16_t) * static_cast<size_t>(n > 0 ? n : 0));
+    return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(buf)));
+  }
+  void store(float* p, int n = kWidth) const {
+    if (n >= kWidth) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, _mm256_castps_si256(first(n)), v);
+  }
+  // Round to nearest even (as torch); NaN lanes become quiet NaNs.
+  void store(uint16_t* p, int n = kWidth) const {
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    rounded = _mm256_blendv_epi8(rounded, _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000)), nan);
+    const __m256i hi = _mm256_srli_epi32(rounded, 16);  // 0..65535 per lane: packus keeps it exactly
+    const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
+    if (n >= kWidth) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+    } else {
+      uint16_t buf[kWidth];
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(buf), h);
+      std::memcpy(p, buf, sizeof(uint16_t) * static_cast<size_t>(n > 0 ? n : 0));
+    }
+  }
+  // Lanes where the bool mask byte is true, restricted to the first n.
+  static Mask load_mask(const bool* p, int n = kWidth) {
+    __m128i bytes;
+    if (n >= kWidth) {  // one 8-byte load: no library memcpy on the hot path
+      bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    } else {
+      uint64_t tail = 0;
+      std::memcpy(&tail, p, static_cast<size_t>(n > 0 ? n : 0));
+      bytes = _mm_cvtsi64_si128(static_cast<long long>(tail));
+    }
+    const __m256i wide = _mm256_cvtepu8_epi32(bytes);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(wide, _mm256_setzero_si256()));
+  }
+  static VecAvx2 select(Mask m, VecAvx2 a, VecAvx2 b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
+  static VecAvx2 max(VecAvx2 a, VecAvx2 b) { return {_mm256_max_ps(a.v, b.v)}; }
+
+  // e^x as VecAvx512::exp: x = n ln2 + r, e^r by its degree-6 Taylor polynomial (< 2 ulp); 2^n as two exponent-field
+  // factors 2^(n/2) * 2^(n - n/2), each a normal float over the clamped range, so results down to fp32's denormals
+  // match. Exact 0 at or below -103.97 and for -inf (and NaN), so masked lanes contribute nothing.
+  static VecAvx2 exp(VecAvx2 a) {
+    // Dead lanes (masked keys, underflow) compute e^0 and are zeroed at the end: computing their 2^-150 would make
+    // denormal products, which cost a microcode assist each (masked softmax rows would run 10x slower).
+    const __m256 live = _mm256_cmp_ps(a.v, _mm256_set1_ps(-103.97f), _CMP_GT_OQ);
+    const __m256 x = _mm256_and_ps(_mm256_min_ps(a.v, _mm256_set1_ps(88.7f)), live);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.f / 720.f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+    const __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    return {_mm256_and_ps(e, live)};
+  }
+  float sum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  float hmax() const {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+
+// Free functions, not in-class friends: GCC does not apply a target pragma to friends defined in a class.
+inline VecAvx2 operator+(VecAvx2 a, VecAvx2 b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline VecAvx2 operator-(VecAvx2 a, VecAvx2 b) { return {_mm256_sub_ps(a.v, b.v)}; }
+inline VecAvx2 operator*(VecAvx2 a, VecAvx2 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+
+}  // namespace
+}  // namespace gpt3d

@@ -1,0 +1,98 @@
+"""The B/W split of a linear layer: the backward computes the input gradient now (B) and, while a zero-bubble
+schedule is capturing, keeps (input, output gradient) to compute the weight gradient later (W).
+
+A `WeightGradStore` belongs to one Trainer. The pipeline runner opens `capture(key)` around the B of (chunk,
+micro-batch) and later calls `flush(key)` for its W; every deferred weight gradient is then added through one sink,
+`GradSynchronizer.add_weight_grad(param, grad)`, which also tells data-parallel bucketing that the gradient is in.
+Outside a capture (non-split schedules, evaluation, single process) the backward is an ordinary linear backward.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Hashable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class WeightGradStore:
+    def __init__(self, add_weight_grad: Callable[[nn.Parameter, torch.Tensor], None]):
+        self.add_weight_grad = add_weight_grad
+        self.pending: dict[Hashable, list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]] = {}
+        self._key: Optional[Hashable] = None
+
+    @property
+    def capturing(self) -> bool:
+        return self._key is not None
+
+    @contextlib.contextmanager
+    def capture(self, key: Hashable):
+        assert self._key is None, f"capture {key} inside capture {self._key}"
+        self.pending.setdefault(key, [])
+        self._key = key
+        try:
+            yield
+        finally:
+            self._key = None
+
+    def defer(self, param: nn.Parameter, inputs: torch.Tensor, grad_output: torch.Tensor) -> None:
+        self.pending[self._key].append((param, inputs, grad_output))
+
+    def flush(self, key: Hashable) -> None:
+        """W of `key`: compute and add every weight gradient its B deferred, in the order B produced them."""
+        with torch.no_grad():
+            self._flush(key)
+
+    def _flush(self, key: Hashable) -> None:
+        for param, inputs, grad_output in self.pending.pop(key):
+            self.add_weight_grad(param, weight_gradient(inputs, grad_output))
+
+    def clear(self) -> None:
+        self.pending.clear()
+
+
+def weight_gradient(inputs: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """dL/dW of y = x W^T: sum over tokens of grad_y^T x."""
+    return grad_output.reshape(-1, grad_output.shape[-1]).t().matmul(inputs.reshape(-1, inputs.shape[-1]))
+
+
+class _SplitLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, store: WeightGradStore):
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # cast as autocast would, and keep the cast copies for backward
+            dtype = torch.get_autocast_dtype(device)
+            x_c, w_c = x.to(dtype), weight.to(dtype)
+            b_c = bias.to(dtype) if bias is not None else None
+        else:
+            x_c, w_c, b_c = x, weight, bias
+        with torch.autocast(device, enabled=False):
+            out = F.linear(x_c, w_c, b_c)
+        ctx.save_for_backward(x_c, w_c)
+        ctx.param, ctx.store, ctx.has_bias = weight, store, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, w = ctx.saved_tensors
+        grad_output = grad_output.to(w.dtype)
+        grad_input = grad_output.matmul(w) if ctx.needs_input_grad[0] else None
+        grad_bias = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0)
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            if ctx.store.capturing:
+                ctx.store.defer(ctx.param, x, grad_output)
+            else:
+                grad_weight = weight_gradient(x, grad_output)
+        return grad_input, grad_weight, grad_bias, None
+
+
+def linear(x: torch.Tensor, weight: nn.Parameter, bias: Optional[torch.Tensor],
+           store: Optional[WeightGradStore]) -> torch.Tensor:
+    """F.linear, with a B/W-splittable backward when a store is attached."""
+    if store is None or not torch.is_grad_enabled():
+        return F.linear(x, weight, bias)
+    return _SplitLinear.apply(x, weight, bias, store)

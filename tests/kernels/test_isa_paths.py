@@ -1,0 +1,112 @@
+"""Every CPU code path this machine can run (AVX-512, AVX2+FMA, portable), forced with GPT3D_CPU_ISA, matches
+gpt3d.kernels.reference for LayerNorm, add + LayerNorm and the masked / causal softmax, forward and backward, in fp32
+and bf16, at widths that exercise the full vectors and every tail length of the 8- and 16-lane paths."""
+import sys
+
+import pytest
+import torch
+
+from gpt3d import kernels
+from gpt3d.kernels import reference
+
+from .conftest import assert_close
+
+
+def machine_isas() -> list[str]:
+    """The paths this CPU supports (read from /proc/cpuinfo independently of the extension), widest first."""
+    flags = set(open("/proc/cpuinfo").read().split()) if sys.platform.startswith("linux") else set()
+    isas = []
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        isas.append("avx512")
+    if {"avx2", "fma"} <= flags:
+        isas.append("avx2")
+    return isas + ["portable"]
+
+
+@pytest.fixture(params=machine_isas())
+def isa(request, monkeypatch):
+    monkeypatch.setenv("GPT3D_CPU_ISA", request.param)
+    assert kernels.cpu_isa() == request.param
+    return request.param
+
+
+def grads(outputs, inputs, seeds):
+    return torch.autograd.grad(outputs, inputs, seeds)
+
+
+@pytest.mark.parametrize("dtype, w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                            (torch.bfloat16, torch.float32)])
+def test_layer_norms_match_reference_on_every_path(isa, dtype, w_dtype):
+    for hidden in (1, 7, 9, 17, 40, 515):
+        x = (torch.randn(5, hidden) * 3 + 0.5).to(dtype).requires_grad_()
+        r = torch.randn(5, hidden).to(dtype).requires_grad_()
+        w = (1 + 0.5 * torch.randn(hidden)).to(w_dtype).requires_grad_()
+        b = (0.5 * torch.randn(hidden)).to(w_dtype).requires_grad_()
+        noise = 10.0 if hidden == 1 else None  # hidden 1: dx is rounding noise times rstd (see test_layer_norm.py)
+        y, y_ref = kernels.layer_norm(x, w, b, 1e-5), reference.layer_norm(x, w, b, 1e-5)
+        assert_close(y, y_ref, f"{isa} layer_norm y, hidden {hidden}")
+        dy = torch.randn_like(y)
+        for name, got, want in zip(("dx", "dw", "db"), grads(y, (x, w, b), dy), grads(y_ref, (x, w, b), dy)):
+            assert_close(got, want, f"{isa} layer_norm {name}, hidden {hidden}", scale=noise)
+        (s, y), (s_ref, y_ref) = kernels.add_layer_norm(x, r, w, b, 1e-5), reference.add_layer_norm(x, r, w, b, 1e-5)
+        assert torch.equal(s, s_ref), f"{isa}: x + residual must be exact (hidden {hidden})"
+        assert_close(y, y_ref, f"{isa} add_layer_norm y, hidden {hidden}")
+        seeds = (torch.randn_like(s), torch.randn_like(y))
+        for name, got, want in zip(("dx", "dresidual", "dw", "db"), grads((s, y), (x, r, w, b), seeds),
+                                   grads((s_ref, y_ref), (x, r, w, b), seeds)):
+            assert_close(got, want, f"{isa} add_layer_norm {name}, hidden {hidden}", scale=noise)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmaxes_match_reference_on_every_path(isa, dtype):
+    for sq, sk in ((1, 1), (9, 9), (7, 23), (33, 33), (5, 300)):
+        scores = (torch.randn(2, 3, sq, sk) * 4).to(dtype).requires_grad_()
+        mask = torch.rand(2, 1, sq, sk) < 0.3
+        mask[0, 0, 0] = True  # one fully masked row: all zeros, no NaN
+        cases = (("masked", kernels.scaled_masked_softmax(scores, mask, 0.3),
+                  reference.scaled_masked_softmax(scores, mask, 0.3)),
+                 ("causal", kernels.scaled_causal_softmax(scores, 0.7), reference.scaled_causal_softmax(scores, 0.7)))
+        for kind, y, y_ref in cases:
+            assert_close(y, y_ref, f"{isa} {kind} softmax y, {sq}x{sk}")
+            assert not torch.isnan(y).any()
+            dy = torch.randn_like(y)
+            (dx,), (dx_ref,) = grads(y, scores, dy), grads(y_ref, scores, dy)
+            assert_close(dx, dx_ref, f"{isa} {kind} softmax dscores, {sq}x{sk}")
+
+
+def test_softmax_exp_covers_the_whole_fp32_range(isa):
+    """Scores from -inf through fp32's denormal range to the largest finite exponent: the vector exp of each path
+    agrees with torch's exp (masked and underflowing keys give exactly 0)."""
+    row = torch.tensor([[[[0.0, -1.0, -20.0, -87.0, -95.0, -103.0, -104.5, -200.0, float("-inf"), 3.0, -50.0, -0.5,
+                         -88.5, -101.0, -60.0, -7.0, -33.0]]]])
+    y, y_ref = kernels.scaled_masked_softmax(row, None, 1.0), reference.scaled_masked_softmax(row, None, 1.0)
+    torch.testing.assert_close(y, y_ref, rtol=4e-6, atol=0)
+
+
+def test_an_unknown_path_name_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("GPT3D_CPU_ISA", "sse9")
+    with pytest.raises(RuntimeError, match="GPT3D_CPU_ISA=sse9 is unknown; use auto, avx512, avx2, portable or generic"):
+        kernels.layer_norm(torch.randn(2, 8), None, None)
+
+
+def test_auto_takes_the_widest_path_this_cpu_has(monkeypatch):
+    monkeypatch.setenv("GPT3D_CPU_ISA", "auto")
+    assert kernels.cpu_isa() == machine_isas()[0]
+
+
+def test_auto_follows_the_table_of_the_process_path():
+    """impl="auto" runs the fused op exactly where AUTO_FUSED_ON_CPU lists it for this process's path, else the
+    reference: the result is bit-identical to the one it chose."""
+    from gpt3d.kernels import _select
+    isa = _select.process_cpu_isa()
+    x, w, b = torch.randn(4, 40), torch.randn(40), torch.randn(40)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
+        chosen = "fused" if dtype in _select.AUTO_FUSED_ON_CPU[isa].get("layer_norm", ()) else "reference"
+        assert torch.equal(kernels.layer_norm(xd, wd, bd, 1e-5, impl="auto"),
+                           kernels.layer_norm(xd, wd, bd, 1e-5, impl=chosen)), (isa, dtype, chosen)
+        s = torch.randn(1, 2, 8, 8, dtype=dtype)
+        chosen = "fused" if dtype in _select.AUTO_FUSED_ON_CPU[isa].get("scaled_causal_softmax", ()) else "reference"
+        assert torch.equal(kernels.scaled_causal_softmax(s, 0.5, impl="auto"),
+                           kernels.scaled_causal_softmax(s, 0.5, impl=chosen)), (isa, dtype, chosen)
+    assert _select.resolve("auto", "layer_norm", torch.zeros(1, dtype=torch.float64)) == "reference"

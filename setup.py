@@ -26,12 +26,12 @@ def _extensions():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "*", "*.cpp")))
     cuda = sorted(glob.glob(os.path.join("csrc", "*", "*.cu")))
     include = [os.path.join(HERE, "csrc")]
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp"]  # no -std: torch's cpp_extension adds the standard its headers need (C++17 or C++20)
     if torch.version.cuda and cuda:
         ext = cpp_extension.CUDAExtension(
             "gpt3d._C", cpp + cuda, include_dirs=include,
             define_macros=[("GPT3D_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=["-fopenmp"])
     else:
         ext = cpp_extension.CppExtension(

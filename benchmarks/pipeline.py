@@ -100,7 +100,7 @@ def analyse(schedule: str, per_rank: list[dict], pp: int, m: int) -> dict:
     vp = per_rank[0][schedule]["vp"]
     split = schedule in ("zbh1", "zbv")
     nsteps = len(per_rank[0][schedule]["steps"])
-    bubbles, spans, sims = [], [], []
+    bubbles, spans, sims, costs = [], [], [], []
     p2p = max(r[schedule]["p2p_s"] for r in per_rank)
     for i in range(nsteps):
         events = [r[schedule]["steps"][i]["events"] for r in per_rank]
@@ -114,11 +114,12 @@ def analyse(schedule: str, per_rank: list[dict], pp: int, m: int) -> dict:
         b = statistics.mean(durations["B"])
         w = statistics.mean(durations["W"]) if split else 0.0
         sims.append(simulate(build_schedule(schedule, pp, m, vp), Costs(f, b, w, p2p)).makespan)
+        costs.append((f * vp, b * vp, w * vp))  # per stage
     peak = max(peak_held(r[schedule]["steps"][-1]["events"], vp, split) for r in per_rank)
     return {"bubble": statistics.median(bubbles), "span": statistics.median(spans),
             "sim": statistics.median(sims), "formula": bubble_fraction(pp, m, vp, schedule if vp == 1 or split else
                                                                       "1f1b"),
-            "p2p": p2p, "peak": peak,
+            "p2p": p2p, "peak": peak, "fbw": [statistics.median(c[i] for c in costs) for i in range(3)],
             "transfers": max(r[schedule]["steps"][-1]["transfers"] for r in per_rank)}
 
 
@@ -149,7 +150,7 @@ def main() -> None:
           f"{args.micro}, fp32, 1 thread per rank; {os.cpu_count()} cores, load average {load_before:.1f} before / "
           f"{load_after:.1f} after ({elapsed:.0f} s)")
     header = (f"{'schedule':<12}{'step ms':>9}{'bubble':>8}{'vs 1f1b':>9}{'sim ms':>8}{'sim/meas':>9}{'formula':>9}"
-              f"{'peak act':>9}{'p2p ms':>8}{'batches':>9}")
+              f"{'peak act':>9}{'p2p ms':>8}{'batches':>9}  F / B / W ms per stage")
     print(header)
     print("-" * len(header))
     base = rows.get("1f1b")
@@ -157,7 +158,7 @@ def main() -> None:
         ratio = f"{r['bubble'] / base['bubble']:.2f}x" if base and base["bubble"] > 0 else "-"
         print(f"{s:<12}{1e3 * r['span']:>9.1f}{r['bubble']:>8.1%}{ratio:>9}{1e3 * r['sim']:>8.1f}"
               f"{r['sim'] / r['span']:>9.2f}{r['formula']:>9.1%}{r['peak']:>9.2g}{1e3 * r['p2p']:>8.2f}"
-              f"{r['transfers']:>9}")
+              f"{r['transfers']:>9}  " + " / ".join(f"{1e3 * x:.1f}" for x in r["fbw"]))
 
 
 if __name__ == "__main__":

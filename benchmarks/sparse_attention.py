@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from gpt3d.config.sparse import SparseAttentionConfig
 from gpt3d.kernels import _ext
 from gpt3d.kernels.sparse_attention import block_sparse_attention, compile_layout
-from gpt3d.model.sparsity import layout_density, make_layout
+from gpt3d.sparse.layout import layout_density, make_layout
 
 
 def _layout(heads: int, seq: int, block: int) -> torch.Tensor:

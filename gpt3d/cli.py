@@ -26,6 +26,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         "preprocess": ("tokenise text/JSONL into a Megatron-format indexed dataset (PREFIX.bin + PREFIX.idx)",
                        *lazy("gpt3d.data.preprocess")),
         "plan": ("predict throughput and memory of layouts for a GPU cluster and rank them", *lazy("gpt3d.planner.cli")),
+        "dryrun": ("run one rank of a full-size job under fake tensors: peak memory per category vs GPU and planner",
+                   *lazy("gpt3d.dryrun.cli")),
         "submit": ("render and submit a SLURM batch job", *lazy("gpt3d.slurm.submit")),
         "status": ("show SLURM jobs (squeue / scontrol)", *lazy("gpt3d.slurm.status", "add_status_arguments",
                                                               "run_status")),

@@ -3,6 +3,7 @@
 
 namespace gpt3d {
 
-enum class DType : int { kFloat32 = 0, kBFloat16 = 1 };
+// kFloat16 reaches only the CUDA kernels: the bindings refuse float16 on the CPU (torch_checks.h, kernel_dtype).
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 }  // namespace gpt3d

@@ -15,9 +15,10 @@ inline std::string shape_str(const at::Tensor& t) {
 }
 
 inline DType kernel_dtype(const char* op, const char* name, const at::Tensor& t) {
+  if (t.scalar_type() == at::kHalf && t.is_cuda()) return DType::kFloat16;  // the CUDA kernels also take float16
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, op, ": ", name, " has dtype ",
-              t.scalar_type(), " but the fused kernel takes float32 or bfloat16; cast it, or call the gpt3d.kernels "
-              "function (it runs the PyTorch reference for other dtypes)");
+              t.scalar_type(), " but the fused kernel takes float32 or bfloat16 (and float16 on CUDA); cast it, or "
+              "call the gpt3d.kernels function (it runs the PyTorch reference for other dtypes)");
   return t.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
 }
 

@@ -55,9 +55,15 @@ struct VecAvx2 {
   }
   // Lanes where the bool mask byte is true, restricted to the first n.
   static Mask load_mask(const bool* p, int n = kWidth) {
-    uint64_t bytes = 0;
-    std::memcpy(&bytes, p, static_cast<size_t>(n >= kWidth ? kWidth : (n > 0 ? n : 0)));
-    const __m256i wide = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(bytes)));
+    __m128i bytes;
+    if (n >= kWidth) {  // one 8-byte load: no library memcpy on the hot path
+      bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    } else {
+      uint64_t tail = 0;
+      std::memcpy(&tail, p, static_cast<size_t>(n > 0 ? n : 0));
+      bytes = _mm_cvtsi64_si128(static_cast<long long>(tail));
+    }
+    const __m256i wide = _mm256_cvtepu8_epi32(bytes);
     return _mm256_castsi256_ps(_mm256_cmpgt_epi32(wide, _mm256_setzero_si256()));
   }
   static VecAvx2 select(Mask m, VecAvx2 a, VecAvx2 b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
@@ -65,9 +71,12 @@ struct VecAvx2 {
 
   // e^x as VecAvx512::exp: x = n ln2 + r, e^r by its degree-6 Taylor polynomial (< 2 ulp); 2^n as two exponent-field
   // factors 2^(n/2) * 2^(n - n/2), each a normal float over the clamped range, so results down to fp32's denormals
-  // match. Exact 0 below -103.97 and for -inf, so masked lanes contribute nothing.
+  // match. Exact 0 at or below -103.97 and for -inf (and NaN), so masked lanes contribute nothing.
   static VecAvx2 exp(VecAvx2 a) {
-    const __m256 x = _mm256_min_ps(_mm256_max_ps(a.v, _mm256_set1_ps(-104.f)), _mm256_set1_ps(88.7f));
+    // Dead lanes (masked keys, underflow) compute e^0 and are zeroed at the end: computing their 2^-150 would make
+    // denormal products, which cost a microcode assist each (masked softmax rows would run 10x slower).
+    const __m256 live = _mm256_cmp_ps(a.v, _mm256_set1_ps(-103.97f), _CMP_GT_OQ);
+    const __m256 x = _mm256_and_ps(_mm256_min_ps(a.v, _mm256_set1_ps(88.7f)), live);
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
@@ -84,7 +93,6 @@ struct VecAvx2 {
     const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
     const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
     const __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-    const __m256 live = _mm256_cmp_ps(a.v, _mm256_set1_ps(-103.97f), _CMP_GT_OQ);
     return {_mm256_and_ps(e, live)};
   }
   float sum() const {

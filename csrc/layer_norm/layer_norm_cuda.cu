@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "common/bf16.h"
+#include "common/cuda_half.cuh"
 #include "common/cuda_pack.cuh"
 #include "common/cuda_reduce.cuh"
 #include "layer_norm/layer_norm_cuda.h"
@@ -149,34 +150,44 @@ __global__ void layer_norm_param_grad_final_kernel(const float* partial, int64_t
 unsigned row_grid(int64_t rows) { return static_cast<unsigned>(rows < 65535LL * 16 ? rows : 65535LL * 16); }
 
 template <class T, class W>
-void launch_forward(const LayerNormForwardArgs& a, cudaStream_t stream) {
-  const bool packed = pack_aligned(static_cast<const T*>(a.x), a.cols) &&
-                      pack_aligned(static_cast<const T*>(a.y), a.cols) &&
-                      (a.residual == nullptr || (pack_aligned(static_cast<const T*>(a.residual), a.cols) &&
-                                                 pack_aligned(static_cast<const T*>(a.sum), a.cols)));
-  layer_norm_forward_kernel<T, W><<<row_grid(a.rows), threads_for_row(a.cols), 0, stream>>>(a, packed);
-}
+struct LaunchForward {
+  static void run(const LayerNormForwardArgs& a, cudaStream_t stream) {
+    const bool packed = pack_aligned(static_cast<const T*>(a.x), a.cols) &&
+                        pack_aligned(static_cast<const T*>(a.y), a.cols) &&
+                        (a.residual == nullptr || (pack_aligned(static_cast<const T*>(a.residual), a.cols) &&
+                                                   pack_aligned(static_cast<const T*>(a.sum), a.cols)));
+    layer_norm_forward_kernel<T, W><<<row_grid(a.rows), threads_for_row(a.cols), 0, stream>>>(a, packed);
+  }
+};
 
 template <class T, class W>
-void launch_backward(const LayerNormBackwardArgs& a, float* workspace, cudaStream_t stream) {
-  layer_norm_input_grad_kernel<T, W><<<row_grid(a.rows), threads_for_row(a.cols), 0, stream>>>(a);
-  const int64_t chunks = (a.rows + kChunkRows - 1) / kChunkRows;
-  const dim3 grid(static_cast<unsigned>((a.cols + kParamTile - 1) / kParamTile), static_cast<unsigned>(chunks));
-  layer_norm_param_grad_partial_kernel<T><<<grid, dim3(kParamTile, kParamRows), 0, stream>>>(a, workspace);
-  layer_norm_param_grad_final_kernel<W><<<static_cast<unsigned>((a.cols + 255) / 256), 256, 0, stream>>>(
-      workspace, chunks, a.cols, static_cast<W*>(a.dgamma), static_cast<W*>(a.dbeta));
+struct LaunchBackward {
+  static void run(const LayerNormBackwardArgs& a, float* workspace, cudaStream_t stream) {
+    layer_norm_input_grad_kernel<T, W><<<row_grid(a.rows), threads_for_row(a.cols), 0, stream>>>(a);
+    const int64_t chunks = (a.rows + kChunkRows - 1) / kChunkRows;
+    const dim3 grid(static_cast<unsigned>((a.cols + kParamTile - 1) / kParamTile), static_cast<unsigned>(chunks));
+    layer_norm_param_grad_partial_kernel<T><<<grid, dim3(kParamTile, kParamRows), 0, stream>>>(a, workspace);
+    layer_norm_param_grad_final_kernel<W><<<static_cast<unsigned>((a.cols + 255) / 256), 256, 0, stream>>>(
+        workspace, chunks, a.cols, static_cast<W*>(a.dgamma), static_cast<W*>(a.dbeta));
+  }
+};
+
+// Storage types: x is float, bf16 bits or __half; the weights have x's type or are float (the bindings check this).
+template <template <class, class> class Launch, class... Args>
+void dispatch(DType x_dtype, DType w_dtype, const Args&... args) {
+  if (x_dtype == DType::kFloat32) Launch<float, float>::run(args...);
+  else if (x_dtype == DType::kBFloat16 && w_dtype == DType::kBFloat16) Launch<uint16_t, uint16_t>::run(args...);
+  else if (x_dtype == DType::kBFloat16) Launch<uint16_t, float>::run(args...);
+  else if (w_dtype == DType::kFloat16) Launch<__half, __half>::run(args...);
+  else Launch<__half, float>::run(args...);
 }
 
 }  // namespace
 }  // namespace gpt3d
 
 extern "C" int gpt3d_layer_norm_forward_cuda(const gpt3d::LayerNormForwardArgs* args, void* stream) {
-  using gpt3d::DType;
-  const auto s = static_cast<cudaStream_t>(stream);
   if (args->rows == 0) return 0;
-  if (args->x_dtype == DType::kFloat32) gpt3d::launch_forward<float, float>(*args, s);
-  else if (args->w_dtype == DType::kBFloat16) gpt3d::launch_forward<uint16_t, uint16_t>(*args, s);
-  else gpt3d::launch_forward<uint16_t, float>(*args, s);
+  gpt3d::dispatch<gpt3d::LaunchForward>(args->x_dtype, args->w_dtype, *args, static_cast<cudaStream_t>(stream));
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -186,11 +197,8 @@ extern "C" long long gpt3d_layer_norm_backward_workspace_floats(long long rows, 
 
 extern "C" int gpt3d_layer_norm_backward_cuda(const gpt3d::LayerNormBackwardArgs* args, float* workspace,
                                               void* stream) {
-  using gpt3d::DType;
-  const auto s = static_cast<cudaStream_t>(stream);
   if (args->rows == 0) return 0;
-  if (args->x_dtype == DType::kFloat32) gpt3d::launch_backward<float, float>(*args, workspace, s);
-  else if (args->w_dtype == DType::kBFloat16) gpt3d::launch_backward<uint16_t, uint16_t>(*args, workspace, s);
-  else gpt3d::launch_backward<uint16_t, float>(*args, workspace, s);
+  gpt3d::dispatch<gpt3d::LaunchBackward>(args->x_dtype, args->w_dtype, *args, workspace,
+                                         static_cast<cudaStream_t>(stream));
   return static_cast<int>(cudaGetLastError());
 }

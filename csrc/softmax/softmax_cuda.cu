@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "common/bf16.h"
+#include "common/cuda_half.cuh"
 #include "common/cuda_pack.cuh"
 #include "common/cuda_reduce.cuh"
 #include "softmax/softmax_cuda.h"
@@ -121,7 +122,8 @@ extern "C" int gpt3d_softmax_forward_cuda(const gpt3d::SoftmaxForwardArgs* args,
   if (args->batch * args->heads * args->sq == 0 || args->sk == 0) return 0;
   const auto s = static_cast<cudaStream_t>(stream);
   if (args->dtype == gpt3d::DType::kFloat32) gpt3d::launch_forward<float>(*args, s);
-  else gpt3d::launch_forward<uint16_t>(*args, s);
+  else if (args->dtype == gpt3d::DType::kBFloat16) gpt3d::launch_forward<uint16_t>(*args, s);
+  else gpt3d::launch_forward<__half>(*args, s);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -129,6 +131,7 @@ extern "C" int gpt3d_softmax_backward_cuda(const gpt3d::SoftmaxBackwardArgs* arg
   if (args->rows == 0 || args->sk == 0) return 0;
   const auto s = static_cast<cudaStream_t>(stream);
   if (args->dtype == gpt3d::DType::kFloat32) gpt3d::launch_backward<float>(*args, s);
-  else gpt3d::launch_backward<uint16_t>(*args, s);
+  else if (args->dtype == gpt3d::DType::kBFloat16) gpt3d::launch_backward<uint16_t>(*args, s);
+  else gpt3d::launch_backward<__half>(*args, s);
   return static_cast<int>(cudaGetLastError());
 }

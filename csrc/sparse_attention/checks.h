@@ -10,8 +10,10 @@ inline void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   TORCH_CHECK(q.dim() == 4, "sparse attention: q must be [batch, heads, seq, head_dim], got ", q.sizes());
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "sparse attention: q, k, v must have the same shape, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16,
-              "sparse attention: dtype must be float32 or bfloat16, got ", q.scalar_type(), "; cast q, k, v first");
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16 ||
+                  (q.scalar_type() == at::kHalf && q.is_cuda()),
+              "sparse attention: dtype must be float32 or bfloat16 (or float16 on CUDA), got ", q.scalar_type(),
+              "; cast q, k, v first");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "sparse attention: q, k, v must share one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
               v.scalar_type());

@@ -2,6 +2,7 @@
 // sparse_attention_cuda.h. One thread block per (batch*head, query block) or (batch*head, key block); tiles live in
 // dynamic shared memory as fp32 (bf16 converted on load), the per-block math comes from block_math.h.
 // The backward runs atomics-free in two kernels: dQ walks the layout by rows (CSR), dK/dV by columns (CSC).
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -9,6 +10,12 @@
 #include "sparse_attention/sparse_attention_cuda.h"
 
 namespace gpt3d_sparse {
+
+// float16 storage (CUDA only), in the namespace of block_math.h's float and bf16-bits overloads so that one lookup
+// sees all three.
+__device__ __forceinline__ float load_as_float(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ void store_from_float(__half* p, int64_t i, float x) { p[i] = __float2half_rn(x); }
+
 namespace {
 
 constexpr int kThreads = 128;
@@ -261,11 +268,14 @@ extern "C" int64_t gpt3d_sparse_attention_cuda_smem_bytes(int kernel, int64_t bl
 extern "C" int gpt3d_sparse_attention_forward_cuda(const void* q, const void* k, const void* v, void* out, float* lse,
                                                    const int32_t* row_ptr, const int32_t* col_idx, int64_t batch,
                                                    int64_t heads, int64_t seq, int64_t dim, int64_t block, float scale,
-                                                   int is_bf16, void* stream) {
+                                                   int dtype, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (is_bf16)
+  if (dtype == GPT3D_SPARSE_BFLOAT16)
     return gpt3d_sparse::launch_forward<uint16_t>(q, k, v, out, lse, row_ptr, col_idx, batch, heads, seq, dim, block,
                                                   scale, s);
+  if (dtype == GPT3D_SPARSE_FLOAT16)
+    return gpt3d_sparse::launch_forward<__half>(q, k, v, out, lse, row_ptr, col_idx, batch, heads, seq, dim, block,
+                                                scale, s);
   return gpt3d_sparse::launch_forward<float>(q, k, v, out, lse, row_ptr, col_idx, batch, heads, seq, dim, block,
                                              scale, s);
 }
@@ -275,11 +285,14 @@ extern "C" int gpt3d_sparse_attention_backward_cuda(const void* dout, const void
                                                     float* delta, const int32_t* row_ptr, const int32_t* col_idx,
                                                     const int32_t* col_ptr, const int32_t* row_idx, int64_t batch,
                                                     int64_t heads, int64_t seq, int64_t dim, int64_t block,
-                                                    float scale, int is_bf16, void* stream) {
+                                                    float scale, int dtype, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (is_bf16)
+  if (dtype == GPT3D_SPARSE_BFLOAT16)
     return gpt3d_sparse::launch_backward<uint16_t>(dout, q, k, v, out, lse, dq, dk, dv, delta, row_ptr, col_idx,
                                                    col_ptr, row_idx, batch, heads, seq, dim, block, scale, s);
+  if (dtype == GPT3D_SPARSE_FLOAT16)
+    return gpt3d_sparse::launch_backward<__half>(dout, q, k, v, out, lse, dq, dk, dv, delta, row_ptr, col_idx,
+                                                 col_ptr, row_idx, batch, heads, seq, dim, block, scale, s);
   return gpt3d_sparse::launch_backward<float>(dout, q, k, v, out, lse, dq, dk, dv, delta, row_ptr, col_idx, col_ptr,
                                               row_idx, batch, heads, seq, dim, block, scale, s);
 }

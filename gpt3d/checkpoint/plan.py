@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from gpt3d.config.divisibility import layout_rules_broken
 from gpt3d.config.model import ModelConfig
 
 from .errors import CheckpointError
@@ -75,19 +76,16 @@ def stage_layers(n_layers: int, pp: int, vp: int, split: Optional[tuple[int, ...
 
 def check_layout(cfg: ModelConfig, layout: TargetLayout) -> None:
     t, stages = layout.tp, layout.pp * layout.vp
-    problems = []
-    if cfg.n_heads % t:
-        problems.append(f"tp={t} does not divide n_heads={cfg.n_heads}")
-    if cfg.padded_vocab_size % t:
-        problems.append(f"tp={t} does not divide the padded vocabulary {cfg.padded_vocab_size}")
-    if cfg.d_ff % t:
-        problems.append(f"tp={t} does not divide d_ff={cfg.d_ff}")
+    messages = {"n_heads": f"tp={t} does not divide n_heads={cfg.n_heads}",
+                "padded_vocab": f"tp={t} does not divide the padded vocabulary {cfg.padded_vocab_size}",
+                "d_ff": f"tp={t} does not divide d_ff={cfg.d_ff}",
+                "n_layers": f"pp*vp={stages} does not divide n_layers={cfg.n_layers}"}
+    broken = layout_rules_broken(cfg, t, layout.pp, layout.vp, pipeline_split_given=layout.pipeline_split is not None)
+    problems = [messages[rule] for rule in broken]
     if layout.pipeline_split is not None:
         if len(layout.pipeline_split) != stages or sum(layout.pipeline_split) != cfg.n_layers:
             problems.append(f"pipeline_split {list(layout.pipeline_split)} does not give pp*vp={stages} stages "
                             f"summing to n_layers={cfg.n_layers}")
-    elif cfg.n_layers % stages:
-        problems.append(f"pp*vp={stages} does not divide n_layers={cfg.n_layers}")
     if layout.vp > 1 and layout.pp == 1:
         problems.append("vp > 1 needs pp > 1")
     if problems:

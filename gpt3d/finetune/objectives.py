@@ -32,6 +32,7 @@ class PackedBatch:
     examples: torch.Tensor
     layout: PackedLayout
     reference: Optional[torch.Tensor] = None  # DPO: the frozen reference's [examples, 2] sequence log-probs
+    metrics: Optional[dict] = None  # set by the objective on the last stage: name -> scalar tensor
 
     @classmethod
     def from_rows(cls, rows: np.ndarray, device) -> "PackedBatch":
@@ -71,6 +72,8 @@ def make_dpo_loss(beta: float) -> Callable:
         assert batch.reference is not None, "DPO micro-batch without the reference model's log-probs"
         policy = completion_logps(stage, hidden, batch)
         ref = batch.reference
+        margin = beta * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])).detach()
+        batch.metrics = {"reward_accuracy": (margin > 0).float().mean(), "reward_margin": margin.mean()}
         return dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta)
     return dpo
 
@@ -104,6 +107,8 @@ def reward_loss(stage, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor
     pairs_per_prompt = torch.zeros(len(prompts), device=rewards.device).index_add(
         0, inverse[i], torch.ones(len(i), device=rewards.device))
     weights = 1.0 / (pairs_per_prompt[inverse[i]] * len(prompts))
+    margin = (rewards[i] - rewards[j]).detach()
+    batch.metrics = {"accuracy": ((margin > 0).float() * weights).sum(), "reward_margin": (margin * weights).sum()}
     return pairwise_ranking_loss(rewards[i], rewards[j], weights)
 
 
@@ -122,13 +127,22 @@ def make_classify_loss(task: str, lm_coef: float) -> Callable:
             losses = [F.cross_entropy(scores[inverse == g].unsqueeze(0), targets[first[g]].unsqueeze(0))
                       for g in range(len(groups))]
             task_loss = torch.stack(losses).mean()
+            right = [scores[inverse == g].argmax() == targets[first[g]] for g in range(len(groups))]
         else:
             summed = torch.zeros(len(groups), h.shape[-1], dtype=h.dtype, device=h.device).index_add(0, inverse, h)
-            task_loss = F.cross_entropy(head(summed).float(), targets[first])
+            logits = head(summed).float()
+            task_loss = F.cross_entropy(logits, targets[first])
+            right = list(logits.argmax(-1) == targets[first])
+        batch.metrics = {"accuracy": torch.stack(right).float().mean().detach()}
         if lm_coef == 0:
             return task_loss
         return task_loss + lm_coef * masked_mean_nll(token_logprobs(stage, hidden, batch.labels), batch.labels)
     return classify
+
+
+# The metrics each objective reports next to its loss (means over the global batch, in metrics.jsonl).
+METRICS = {"sft": (), "reward": ("accuracy", "reward_margin"), "dpo": ("reward_accuracy", "reward_margin"),
+           "classify": ("accuracy",)}
 
 
 def objective_for(cfg: RunConfig) -> Callable:

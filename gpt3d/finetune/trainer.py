@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from gpt3d.config.run import RunConfig
 from gpt3d.parallel.build import build_model_chunks
 from gpt3d.train.runtime import Runtime
 from gpt3d.train.trainer import Trainer
 
-from .objectives import PackedBatch, objective_for, reference_logps
+from .objectives import METRICS, PackedBatch, objective_for, reference_logps
 from .weights import load_weights
 
 
@@ -57,6 +58,24 @@ class ObjectiveTrainer(Trainer):
             for batch, ref in zip(batches, runner.losses):
                 batch.reference = ref
         return inputs, batches
+
+    def train_step(self, samples: np.ndarray):
+        result = super().train_step(samples)
+        result.metrics = self.objective_metrics(self.last_runner.labels)
+        return result
+
+    def objective_metrics(self, batches: list[PackedBatch]) -> dict:
+        """The objective's metrics, averaged over the global batch's micro-batches like the loss (every rank)."""
+        names = METRICS[self.cfg.train.objective]
+        if not names:
+            return {}
+        total = torch.zeros(len(names), dtype=torch.float64, device=self.ctx.device)
+        for batch in batches:
+            if batch.metrics is not None and self.ctx.tp_rank == 0:
+                total += torch.stack([batch.metrics[n].double() for n in names])
+        if self.ctx.world_group.size > 1:
+            dist.all_reduce(total, group=self.ctx.world_group.pg)
+        return dict(zip(names, (total / (len(batches) * self.ctx.layout.dp)).tolist()))
 
     def stage_kwargs(self, labels: list[PackedBatch]) -> list[dict]:
         return [{"layout": b.layout} for b in labels]

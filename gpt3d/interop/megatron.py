@@ -12,6 +12,7 @@ from typing import Literal, Mapping, Optional
 
 import torch
 
+from gpt3d.config.divisibility import layout_rules_broken
 from gpt3d.config.model import ModelConfig
 
 from .canonical import check_gpt3d_state_dict, fit_vocab, fit_vocab_rows, gpt3d_shapes
@@ -31,12 +32,11 @@ def _check_layout(cfg: ModelConfig, tp: int, pp: int, iteration: int, fmt: str) 
     if not (isinstance(tp, int) and tp >= 1 and isinstance(pp, int) and pp >= 1):
         problems.append(f"tp={tp!r} and pp={pp!r} must be positive integers")
     else:
-        if cfg.n_heads % tp:
-            problems.append(f"tp={tp} does not divide n_heads={cfg.n_heads} (Megatron shards whole heads)")
-        if cfg.d_ff % tp:
-            problems.append(f"tp={tp} does not divide d_ff={cfg.d_ff}")
-        if cfg.n_layers % pp:
-            problems.append(f"pp={pp} does not divide n_layers={cfg.n_layers}")
+        messages = {"n_heads": f"tp={tp} does not divide n_heads={cfg.n_heads} (Megatron shards whole heads)",
+                    "d_ff": f"tp={tp} does not divide d_ff={cfg.d_ff}",
+                    "n_layers": f"pp={pp} does not divide n_layers={cfg.n_layers}"}
+        # (no vocabulary rule: Megatron pads the vocabulary to a multiple of 128 * tp itself)
+        problems += [messages[rule] for rule in layout_rules_broken(cfg, tp, pp) if rule in messages]
     if not (isinstance(iteration, int) and iteration >= 0):
         problems.append(f"iteration={iteration!r} must be a non-negative integer")
     if cfg.attention_pattern != "dense":

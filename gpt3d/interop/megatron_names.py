@@ -28,6 +28,7 @@ CORE_LINEARS = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.
 _PRE_CORE_LAYER = {
     "input_layernorm": "ln1", "input_norm": "ln1", "post_attention_layernorm": "ln2", "post_attention_norm": "ln2",
     "self_attention.query_key_value": "attn.qkv", "self_attention.dense": "attn.proj",
+    "attention.query_key_value": "attn.qkv", "attention.dense": "attn.proj",  # Megatron-LM 2020 (GPT-2 345M)
     "mlp.dense_h_to_4h": "mlp.fc1", "mlp.dense_4h_to_h": "mlp.fc2",
 }
 _CORE_TO_GPT3D = {**{v: k for k, v in CORE_LAYER.items()}, **{v: k for k, v in TE_NORMS.items()}}

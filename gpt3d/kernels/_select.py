@@ -1,8 +1,8 @@
 """Which implementation runs: the fused op of gpt3d._C, or the PyTorch reference.
 
-The fused kernels exist for float32 and bfloat16 on CPU (and on CUDA in a CUDA build). Anything else runs the
-reference: fp64 silently (it is what gradcheck uses), other cases (extension not built, fp16, a device the build has no
-kernel for) with a one-time warning per op.
+The fused kernels exist for float32 and bfloat16 on CPU, and for float32, bfloat16 and float16 on CUDA in a CUDA build.
+Anything else runs the reference: fp64 silently (it is what gradcheck uses), other cases (extension not built, fp16 on
+the CPU, a device the build has no kernel for) with a one-time warning per op.
 
 impl="auto" (the default of `model.kernels`) takes the fused op only where it is faster than PyTorch eager on this
 kind of CPU: the table AUTO_FUSED_ON_CPU, per CPU code path (avx512, avx2, portable), lists the (op, dtype) pairs whose
@@ -17,17 +17,18 @@ import torch
 from gpt3d.kernels import _ext
 
 IMPLS = ("auto", "fused", "reference")
-KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+KERNEL_DTYPES = {"cpu": (torch.float32, torch.bfloat16), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 
-_BOTH = (torch.float32, torch.bfloat16)
-_VECTOR_PATH_WINS = {"layer_norm": _BOTH, "add_layer_norm": _BOTH, "scaled_masked_softmax": _BOTH,
-                     "scaled_causal_softmax": _BOTH}
+_F32, _BF16 = (torch.float32,), (torch.bfloat16,)
+_BOTH = _F32 + _BF16
+# Measured 2026-11-30 on an Intel Xeon (AVX-512, AVX512-BF16) with one thread, each path against torch at the matching
+# ATEN_CPU_CAPABILITY, LayerNorm 256x1024, softmax 2x128x512 (docs/benchmarks.md): a pair is listed when the fused
+# forward and forward+backward were both faster than eager. Re-measure on a new CPU family with benchmarks/kernels.py.
 AUTO_FUSED_ON_CPU: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
-    "avx512": _VECTOR_PATH_WINS,
-    "avx2": _VECTOR_PATH_WINS,
-    # One lane per step: slower than torch's vectorised eager ops (the issue's AMD EPYC numbers, reproduced here
-    # against torch at ATEN_CPU_CAPABILITY=default), except the softmaxes, whose single pass still wins.
-    "portable": {},
+    "avx512": {"layer_norm": _BF16, "add_layer_norm": _BOTH, "scaled_masked_softmax": _BOTH,
+               "scaled_causal_softmax": _BOTH},
+    "avx2": {"scaled_masked_softmax": _BOTH, "scaled_causal_softmax": _BOTH},
+    "portable": {"add_layer_norm": _F32, "scaled_masked_softmax": _BOTH, "scaled_causal_softmax": _BOTH},
 }
 _process_isa: list[str] = []  # the CPU path auto decides for, computed once
 
@@ -69,7 +70,7 @@ def use_fused(op: str, available: bool, devices: tuple[str, ...], tensor: torch.
 
     `available` and `devices` are computed once at import so torch.compile sees constants, not extension look-ups.
     """
-    if available and tensor.dtype in KERNEL_DTYPES and tensor.device.type in devices:
+    if available and tensor.device.type in devices and tensor.dtype in KERNEL_DTYPES[tensor.device.type]:
         return True
     if tensor.dtype != torch.float64 and not torch.compiler.is_compiling():
         _ext.warn_fallback(op)

@@ -2,7 +2,7 @@
 
     out = block_sparse_attention(q, k, v, layout, block)       # q, k, v [batch, heads, seq, d_head]
 
-`layout` is a bool [heads, seq/block, seq/block] block layout (gpt3d.model.sparsity.make_layout) or its
+`layout` is a bool [heads, seq/block, seq/block] block layout (gpt3d.sparse.layout.make_layout) or its
 `compile_layout(layout)` form. The fused path (csrc/sparse_attention) visits only the key blocks of each query block
 with an online softmax and never builds the seq x seq score matrix; it needs the compact layout (CSR by query-block
 row for the forward, CSC by key-block column for the backward), which `compile_layout` builds once per layout and caches.
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from gpt3d.kernels import _ext
-from gpt3d.model.sparsity import check_layout, expand_layout_to_mask
+from gpt3d.sparse.layout import check_layout, expand_layout_to_mask
 
 __all__ = ["block_sparse_attention", "block_sparse_attention_reference", "compile_layout", "CompiledLayout"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+_SUPPORTED_DTYPES = {"cpu": (torch.float32, torch.bfloat16), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 _OP_NAME = "sparse_attention_forward"
 
 
@@ -74,7 +74,7 @@ def compile_layout(layout: torch.Tensor, block: int, device: torch.device | str 
     if not isinstance(layout, torch.Tensor) or layout.dtype != torch.bool or layout.dim() != 3:
         raise ValueError(f"layout must be a torch.bool tensor [heads, nb, nb], got "
                          f"{getattr(layout, 'dtype', type(layout).__name__)} {tuple(getattr(layout, 'shape', ()))}; "
-                         f"build it with gpt3d.model.sparsity.make_layout()")
+                         f"build it with gpt3d.sparse.layout.make_layout()")
     lay = layout.detach().cpu().contiguous()
     device = torch.device(device)
     key = (tuple(lay.shape), block, str(device), hashlib.sha1(lay.numpy().tobytes()).hexdigest())
@@ -102,8 +102,9 @@ def _check_inputs(q, k, v, layout, block) -> None:
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"block_sparse_attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}; they must all be [batch, heads, seq, d_head]")
-    if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"block_sparse_attention: dtype must be float32 or bfloat16 (one for q, k, v), got "
+    if q.dtype not in _SUPPORTED_DTYPES.get(q.device.type, ()) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"block_sparse_attention: dtype must be float32 or bfloat16, or float16 on CUDA (one for q, "
+                        f"k, v), got "
                         f"{q.dtype}, {k.dtype}, {v.dtype}; cast with .float() or .bfloat16()")
     if block not in (16, 32, 64):
         raise ValueError(f"block_sparse_attention: block must be 16, 32 or 64, got {block}")
@@ -196,7 +197,7 @@ def _fused_available(device_type: str) -> bool:
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, block: int,
                            scale: float | None = None, impl: str = "fused") -> torch.Tensor:
-    """Causal block-sparse attention. q, k, v: [batch, heads, seq, d_head] float32 or bfloat16, any strides.
+    """Causal block-sparse attention. q, k, v: [batch, heads, seq, d_head] float32 or bfloat16 (or float16 on CUDA).
 
     layout: bool [heads, seq/block, seq/block] (lower-block-triangular with the diagonal) or a CompiledLayout.
     scale: score scale, default 1/sqrt(d_head). impl: "fused" (the C++/CUDA kernel; the reference with a one-time

@@ -21,7 +21,7 @@ def sparse_layout(cfg: ModelConfig) -> Optional[torch.Tensor]:
     """The block layout [heads, nb, nb] of the sparse layers at model.seq_len, or None when every layer is dense."""
     if "sparse" not in cfg.layer_attention_kinds():
         return None
-    from .sparsity import make_layout
+    from gpt3d.sparse.layout import make_layout
     with torch.device("cpu"):  # a real tensor even while the model is built on the meta device
         return make_layout(cfg.sparse, cfg.n_heads, cfg.seq_len)
 

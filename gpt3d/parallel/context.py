@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from gpt3d.config.base import ConfigError
+from gpt3d.config.divisibility import layout_rules_broken
 from gpt3d.config.model import ModelConfig
 from gpt3d.config.parallel import ParallelConfig
 
@@ -83,28 +84,35 @@ def validate_layout(layout: Layout, model: ModelConfig, parallel: ParallelConfig
                     micro_batch: int, seq_len: int) -> int:
     """Check everything the layout needs before any group is created; returns the number of micro-batches."""
     t, p, d, v = layout.tp, layout.pp, layout.dp, layout.vp
-    if model.n_heads % t:
-        raise LayoutError(f"model.n_heads={model.n_heads} is not divisible by tp={t}; pick tp dividing the heads")
-    if model.padded_vocab_size % t:
-        raise LayoutError(f"padded vocabulary {model.padded_vocab_size} (vocab {model.vocab_size} padded to a multiple "
-                          f"of {model.vocab_pad_multiple}) is not divisible by tp={t}; raise model.vocab_pad_multiple")
-    if model.d_ff % t:
-        raise LayoutError(f"model.d_ff={model.d_ff} is not divisible by tp={t}")
-    if parallel.sequence_parallel and seq_len % t:
-        raise LayoutError(f"sequence parallel needs seq_len={seq_len} divisible by tp={t}")
     stages = p * v
+    num_micro = global_batch // (micro_batch * d)
+    messages = {
+        "n_heads": f"model.n_heads={model.n_heads} is not divisible by tp={t}; pick tp dividing the heads",
+        "padded_vocab": f"padded vocabulary {model.padded_vocab_size} (vocab {model.vocab_size} padded to a multiple "
+                        f"of {model.vocab_pad_multiple}) is not divisible by tp={t}; raise model.vocab_pad_multiple",
+        "d_ff": f"model.d_ff={model.d_ff} is not divisible by tp={t}",
+        "seq_len": f"sequence parallel needs seq_len={seq_len} divisible by tp={t}",
+        "n_layers": f"model.n_layers={model.n_layers} cannot be split evenly into pp*vp={p}*{v}={stages} stages; "
+                    f"choose pp*vp dividing the layers or give parallel.pipeline_split",
+        "global_batch": f"train.global_batch_size={global_batch} is not micro_batch_size={micro_batch} x "
+                        f"num_micro_batches x dp={d}; make it a multiple of {micro_batch * d}",
+    }
+    # (the micro-batch rule of the helper assumes vp > 1 means interleaving; here the schedule decides, below)
+    broken = [rule for rule in layout_rules_broken(model, t, p, v, d, seq_len, parallel.sequence_parallel,
+                                                   parallel.pipeline_split is not None, global_batch, micro_batch)
+              if rule != "micro_batches"]
+    tp_rules = [rule for rule in broken if rule in ("n_heads", "padded_vocab", "d_ff", "seq_len")]
+    if tp_rules:
+        raise LayoutError(messages[tp_rules[0]])
     if parallel.schedule == "zbv" and parallel.pipeline_split is None and model.n_layers % stages:
         raise LayoutError(f"schedule zbv: model.n_layers={model.n_layers} cannot be divided into 2*pp={stages} model "
                           f"chunks (two per rank, in a V); choose pp dividing n_layers / 2")
-    if parallel.pipeline_split is None and model.n_layers % stages:
-        raise LayoutError(f"model.n_layers={model.n_layers} cannot be split evenly into pp*vp={p}*{v}={stages} stages; "
-                          f"choose pp*vp dividing the layers or give parallel.pipeline_split")
+    if "n_layers" in broken:
+        raise LayoutError(messages["n_layers"])
     if model.n_layers < stages:
         raise LayoutError(f"model.n_layers={model.n_layers} is fewer than pp*vp={stages} stages")
-    if global_batch % (micro_batch * d):
-        raise LayoutError(f"train.global_batch_size={global_batch} is not micro_batch_size={micro_batch} x "
-                          f"num_micro_batches x dp={d}; make it a multiple of {micro_batch * d}")
-    num_micro = global_batch // (micro_batch * d)
+    if "global_batch" in broken:
+        raise LayoutError(messages["global_batch"])
     if parallel.schedule == "interleaved" and num_micro % p:
         raise LayoutError(f"interleaved schedule (vp={v}) needs the number of micro-batches ({num_micro} = "
                           f"{global_batch} / ({micro_batch} x dp {d})) divisible by pp={p}")

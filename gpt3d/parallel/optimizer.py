@@ -56,16 +56,18 @@ class _ShardState:
         return self.master is not self.model
 
 
-def _segments(flags: torch.Tensor) -> list[tuple[int, int]]:
-    """Maximal runs [start, end) where the 0/1 `flags` are 1."""
-    runs, start = [], None
-    values = flags.tolist()
-    for i, value in enumerate(values + [0]):
-        if value and start is None:
-            start = i
-        elif not value and start is not None:
-            runs.append((start, i))
-            start = None
+def _runs(bucket: Bucket, keep, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Maximal runs [start, end), relative to `lo`, of the elements in [lo, hi) that belong to parameters with
+    `keep(param)`. Computed from the parameters' offsets: no per-element work (a 175B rank's bucket holds ~1e9)."""
+    runs: list[tuple[int, int]] = []
+    for p, off in zip(bucket.params, bucket.offsets):
+        a, b = max(off, lo), min(off + p.numel(), hi)
+        if a >= b or not keep(p):
+            continue
+        if runs and runs[-1][1] == a - lo:
+            runs[-1] = (runs[-1][0], b - lo)
+        else:
+            runs.append((a - lo, b - lo))
     return runs
 
 
@@ -75,34 +77,26 @@ class ShardedAdamW:
         self.step_count = 0
         self.states = [self._state_for(b) for b in sync.all_buckets()]
 
-    def _flags(self, bucket: Bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per element of the bucket: is a real parameter, takes weight decay, is counted in the norm here."""
-        real = torch.zeros(bucket.padded, dtype=torch.int8)
-        decay = torch.zeros(bucket.padded, dtype=torch.int8)
-        count = torch.zeros(bucket.padded, dtype=torch.int8)
-        for p, off in zip(bucket.params, bucket.offsets):
-            n = p.numel()
-            real[off:off + n] = 1
-            if p.dim() >= 2:  # matrices decay; biases and norms do not
-                decay[off:off + n] = 1
-            replicated_over_tp = getattr(p, "shard", None) is None
-            counted = not (replicated_over_tp and self.ctx.tp_rank != 0) and not getattr(p, "tied_copy", False)
-            count[off:off + n] = int(counted)
-        return real, decay, count
+    def _counted(self, p) -> bool:
+        """Is this parameter's gradient counted in the global norm on this rank (once across TP and tied copies)."""
+        replicated_over_tp = getattr(p, "shard", None) is None
+        return not (replicated_over_tp and self.ctx.tp_rank != 0) and not getattr(p, "tied_copy", False)
 
     def _state_for(self, bucket: Bucket) -> _ShardState:
-        real, decay, count = self._flags(bucket)
         model, grad = bucket.param_data, bucket.grad_data
+        lo, hi = 0, bucket.padded
         if self.sync.distributed:
             dp = self.sync.dp
-            model, grad, real, decay, count = (bucket.shard(t, dp) for t in (model, grad, real, decay, count))
-        elif self.ctx.dp_rank != 0:
-            count = torch.zeros_like(count)  # DP replicas hold the same grads: count them once
+            model, grad = bucket.shard(model, dp), bucket.shard(grad, dp)
+            lo, hi = dp.rank * (bucket.padded // dp.size), (dp.rank + 1) * (bucket.padded // dp.size)
+        # DP replicas hold the same grads: count them once (on DP rank 0) unless each rank owns its shard.
+        counted = self._counted if self.sync.distributed or self.ctx.dp_rank == 0 else (lambda p: False)
         # fp32: the parameters are their own masters. bf16/fp16: the master starts as the rounded initial weights
         # (as Megatron-LM), so the weights are always exactly the master rounded.
         master = model if model.dtype == torch.float32 else model.float()
         return _ShardState(bucket, master, grad, torch.zeros_like(master), torch.zeros_like(master),
-                           _segments(real * decay), _segments(real * (1 - decay)), _segments(real * count), model)
+                           _runs(bucket, lambda p: p.dim() >= 2, lo, hi),  # matrices decay; biases and norms do not
+                           _runs(bucket, lambda p: p.dim() < 2, lo, hi), _runs(bucket, counted, lo, hi), model)
 
     @torch.no_grad()
     def copy_masters_to_model(self) -> None:

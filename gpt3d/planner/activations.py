@@ -17,6 +17,14 @@ d_ff f), element size `act_bytes`, and dropout masks only when dropout is on (wi
 dropout output is the softmax output itself: one a s^2 b tensor). `attention_density` scales the a s^2 b terms:
 the layout density for block-sparse layers, 0 for torch's fused attention (model.dense_attention = "sdpa", which
 saves no scores), 1 for the explicit softmax core.
+
+Where gpt3d differs from Megatron-LM (checked tensor by tensor against `gpt3d dryrun`, tests/dryrun):
+- under sequence parallelism the column-parallel linears (qkv, fc1) save their all-gathered full-sequence input
+  (s b h per TP rank), where Megatron saves the local shard and gathers again in backward (s b h / t): 2 s b h
+  elements replicated instead of sharded;
+- the fused attention kernels (torch's sdpa, gpt3d's block-sparse kernel) save fp32 row statistics (s b a / t, the
+  log-sum-exp), and the block-sparse kernel's output is in [b, a, s, d] order, so the out-projection saves a
+  reordered copy beside the kernel's saved output (one more s b w / t on sparse layers) unless the core is recomputed.
 """
 from __future__ import annotations
 
@@ -41,10 +49,25 @@ class SavedTensor:
         return self.elements * self.element_bytes
 
 
+LSE_BYTES = 4
+"""Fused attention kernels keep fp32 row statistics (log-sum-exp) for backward."""
+
+
+def fused_attention_shares(model: ModelConfig) -> tuple[float, float]:
+    """(share of layers whose attention core is a fused kernel saving row statistics, share of block-sparse layers)."""
+    kinds = model.layer_attention_kinds()
+    sparse = kinds.count("sparse") / len(kinds)
+    dense_fused = (1 - sparse) if model.dense_attention == "sdpa" else 0.0
+    return dense_fused + (sparse if model.kernels == "fused" else 0.0), sparse if model.kernels == "fused" else 0.0
+
+
 def layer_saved_tensors(model: ModelConfig, micro_batch: int, seq_len: int, tp: int, sequence_parallel: bool,
                         recompute: str, act_bytes: int = 2, attention_density: float = 1.0,
-                        mask_bytes: int = MASK_BYTES) -> list[SavedTensor]:
-    """The tensors one layer saves for backward for one micro-batch, on one TP rank."""
+                        mask_bytes: int = MASK_BYTES, fused_share: float = 0.0,
+                        sparse_share: float = 0.0) -> list[SavedTensor]:
+    """The tensors one layer saves for backward for one micro-batch, on one TP rank. `fused_share` and `sparse_share`
+    (see `fused_attention_shares`) add the fused kernels' row statistics and the sparse output's reordered copy,
+    averaged over the layers."""
     if recompute not in ("none", "selective", "full"):
         raise ValueError(f"recompute must be none, selective or full, got {recompute!r}")
     sbh = seq_len * micro_batch * model.d_model
@@ -58,19 +81,24 @@ def layer_saved_tensors(model: ModelConfig, micro_batch: int, seq_len: int, tp: 
     attn_dropout = model.attn_dropout > 0
     tensors = [
         SavedTensor("ln1_input", sbh / replicated, act_bytes),
-        SavedTensor("qkv_input", sbh / replicated, act_bytes),
+        SavedTensor("qkv_input", sbh, act_bytes),  # the all-gathered input under sequence parallelism
         SavedTensor("q", sbw / tp, act_bytes),
         SavedTensor("k", sbw / tp, act_bytes),
         SavedTensor("v", sbw / tp, act_bytes),
         SavedTensor("out_proj_input", sbw / tp, act_bytes),
         SavedTensor("ln2_input", sbh / replicated, act_bytes),
-        SavedTensor("fc1_input", sbh / replicated, act_bytes),
+        SavedTensor("fc1_input", sbh, act_bytes),  # the all-gathered input under sequence parallelism
         SavedTensor("gelu_input", sbf / tp, act_bytes),
         SavedTensor("fc2_input", sbf / tp, act_bytes),
     ]
     if hidden_dropout:
         tensors += [SavedTensor("attn_residual_dropout_mask", sbh / replicated, mask_bytes),
                     SavedTensor("mlp_residual_dropout_mask", sbh / replicated, mask_bytes)]
+    if recompute == "none" and fused_share > 0:
+        tensors.append(SavedTensor("attention_row_stats", seq_len * micro_batch * model.n_heads / tp * fused_share,
+                                   LSE_BYTES))
+    if recompute == "none" and sparse_share > 0:
+        tensors.append(SavedTensor("sparse_kernel_output", sbw / tp * sparse_share, act_bytes))
     if recompute == "none" and scores > 0:
         tensors.append(SavedTensor("softmax_output", scores / tp, act_bytes))
         if attn_dropout:
@@ -81,10 +109,11 @@ def layer_saved_tensors(model: ModelConfig, micro_batch: int, seq_len: int, tp: 
 
 def layer_activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int, tp: int, sequence_parallel: bool,
                            recompute: str, act_bytes: int = 2, attention_density: float = 1.0,
-                           mask_bytes: int = MASK_BYTES) -> float:
+                           mask_bytes: int = MASK_BYTES, fused_share: float = 0.0, sparse_share: float = 0.0) -> float:
     """Bytes one layer keeps for backward per micro-batch on one TP rank (sum of `layer_saved_tensors`)."""
     return sum(t.bytes for t in layer_saved_tensors(model, micro_batch, seq_len, tp, sequence_parallel, recompute,
-                                                     act_bytes, attention_density, mask_bytes))
+                                                     act_bytes, attention_density, mask_bytes, fused_share,
+                                                     sparse_share))
 
 
 def embedding_activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int, tp: int,
@@ -101,8 +130,15 @@ LOGITS_BYTES = 4
 
 def head_activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int, tp: int, sequence_parallel: bool,
                           act_bytes: int = 2) -> float:
-    """Final LayerNorm input + head input + fp32 logits (Korthikanti's 4sbh/t (1 + V/h) with their element sizes)."""
+    """Head input (the final LayerNorm output, all-gathered under sequence parallelism) + fp32 softmax of the logits.
+    The final LayerNorm's input is counted by `stage_output_bytes` (Korthikanti's 4sbh/t (1 + V/h) counts it here)."""
     sbh = seq_len * micro_batch * model.d_model
-    replicated = tp if sequence_parallel else 1
     logits = seq_len * micro_batch * model.padded_vocab_size / tp * LOGITS_BYTES
-    return 2 * sbh / replicated * act_bytes + logits
+    return sbh * act_bytes + logits
+
+
+def stage_output_bytes(model: ModelConfig, micro_batch: int, seq_len: int, tp: int, sequence_parallel: bool,
+                       act_bytes: int = 2) -> float:
+    """The stage's output, kept per micro-batch in flight: the pipeline runner holds what it sent until that
+    micro-batch's backward; on the last stage it is the final LayerNorm's input. (The layers count their inputs.)"""
+    return seq_len * micro_batch * model.d_model / (tp if sequence_parallel else 1) * act_bytes

@@ -11,7 +11,9 @@ from rich.console import Console
 from gpt3d.config import PRESETS, ConfigError, load_config
 from gpt3d.config.run import RunConfig
 
+from .evaluate import describe_evaluation, evaluate_layout
 from .hardware import GPUS, get_gpu
+from .layout import Layout, parse_layout
 from .memory import LayoutError
 from .performance import PerformanceOptions
 from .report import plan_to_dict, render
@@ -34,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default: train.seq_len)")
     parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="how many layouts to show (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--layout", default=None, metavar="tp=8,pp=12,dp=4,vp=1,mb=1,sp=0,recompute=full",
+                        help="evaluate this one layout (keys tp pp dp vp mb sp recompute dopt schedule; unset keys "
+                             "keep the config's values) instead of searching")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set model.n_layers=48")
 
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         options = PerformanceOptions(gpus_per_node=args.gpus_per_node,
                                      overlap_grad_reduce=config.parallel.overlap_grad_reduce,
                                      bucket_bytes=config.parallel.bucket_mb * 1e6, dtype=dtype)
+        if args.layout is not None:
+            return _evaluate(args, config, gpu, global_batch, seq_len, options)
         result = plan(config.model, gpu, args.gpus, global_batch, seq_len, args.top, options)
     except (ConfigError, LayoutError, ValueError) as exc:
         print(f"gpt3d plan: {exc}", file=sys.stderr)
@@ -76,6 +83,27 @@ def run(args: argparse.Namespace) -> int:
         console = Console(file=sys.stdout, width=220)
         render(result, console)
         render_schedule_gains(result, gains, console)
+    return 0
+
+
+def config_layout(config: RunConfig, num_gpus: int) -> Layout:
+    """The layout the config asks for (dp from the GPU count when unset)."""
+    par, train = config.parallel, config.train
+    dp = par.dp if par.dp is not None else max(1, num_gpus // (par.tp * par.pp))
+    return Layout(tp=par.tp, pp=par.pp, dp=dp, vp=par.vp, micro_batch=train.micro_batch_size,
+                  sequence_parallel=par.sequence_parallel and par.tp > 1, recompute=par.recompute,
+                  distributed_optimizer=par.distributed_optimizer, schedule=par.schedule)
+
+
+def _evaluate(args: argparse.Namespace, config: RunConfig, gpu, global_batch: int, seq_len: int,
+              options: PerformanceOptions) -> int:
+    layout = parse_layout(args.layout, args.gpus, config_layout(config, args.gpus))
+    evaluation = evaluate_layout(config.model, layout, gpu, args.gpus, global_batch, seq_len, options)
+    if args.json:
+        print(json.dumps({"layout": layout.to_dict(), "fits": evaluation.fits, "capacity": evaluation.capacity,
+                          "fixes": evaluation.fixes, "prediction": evaluation.prediction.to_dict()}, indent=2))
+    else:
+        print(describe_evaluation(evaluation, gpu))
     return 0
 
 

@@ -17,22 +17,8 @@ Curve for an A100 (tile 256 x 128, 108 SMs, k overhead 64), m = 8192 tokens:
 """
 from __future__ import annotations
 
-import math
-
+from .gemm_shape import shape_efficiency
 from .hardware import GPUSpec
-
-
-def shape_efficiency(m: int, n: int, k: int, batch: int, num_sms: int, tile_m: int, tile_n: int,
-                     k_overhead: int) -> float:
-    """wave x fill x depth for a (batched) GEMM [m, k] @ [k, n] (see the module docstring)."""
-    if min(m, n, k, batch) < 1:
-        raise ValueError(f"GEMM dimensions must be >= 1, got m={m} n={n} k={k} batch={batch}")
-    tiles_m, tiles_n = math.ceil(m / tile_m), math.ceil(n / tile_n)
-    tiles = batch * tiles_m * tiles_n
-    wave = tiles / (math.ceil(tiles / num_sms) * num_sms)
-    fill = (m * n) / (tiles_m * tile_m * tiles_n * tile_n)
-    depth = k / (k + k_overhead)
-    return wave * fill * depth
 
 
 def gemm_efficiency(m: int, n: int, k: int, gpu: GPUSpec, batch: int = 1) -> float:

@@ -13,7 +13,7 @@ MAX_GPU_SEARCH_FACTOR = 64
 """How far beyond the requested GPU count the minimum-GPU search looks (x num_gpus)."""
 
 
-def _memory(model: ModelConfig, layout: Layout, global_batch: int, seq_len: int, dtype: str) -> MemoryBreakdown:
+def layout_memory(model: ModelConfig, layout: Layout, global_batch: int, seq_len: int, dtype: str) -> MemoryBreakdown:
     return estimate_memory(model, layout.tp, layout.pp, layout.dp, layout.vp, layout.micro_batch, seq_len,
                            layout.num_microbatches(global_batch), layout.sequence_parallel, layout.recompute,
                            layout.distributed_optimizer, dtype, layout.schedule)
@@ -24,7 +24,7 @@ def _fits(model: ModelConfig, layout: Layout, num_gpus: int, global_batch: int, 
     """The memory when `layout` divides and fits, else None."""
     if divisibility_problems(model, layout, num_gpus, global_batch, seq_len):
         return None
-    memory = _memory(model, layout, global_batch, seq_len, dtype)
+    memory = layout_memory(model, layout, global_batch, seq_len, dtype)
     return memory if memory.total <= usable_bytes(gpu) else None
 
 
@@ -74,7 +74,7 @@ def no_layout_message(result, options) -> str:
     return "\n".join(lines)
 
 
-def _suggestions(model: ModelConfig, layout: Layout, num_gpus: int, global_batch: int, seq_len: int, dtype: str,
+def suggestions(model: ModelConfig, layout: Layout, num_gpus: int, global_batch: int, seq_len: int, dtype: str,
                  gpu: GPUSpec, gpus_per_node: int) -> list[str]:
     """Single changes to `layout` that make it fit, with the memory each needs."""
     out = []
@@ -110,8 +110,9 @@ def _suggestions(model: ModelConfig, layout: Layout, num_gpus: int, global_batch
     return out
 
 
-def check_run_fits(run, gpu_name: str, num_gpus: int, gpus_per_node: int = 8) -> MemoryBreakdown:
-    """See memory.check_fits."""
+def check_fits(run, gpu_name: str, num_gpus: int, gpus_per_node: int = 8) -> MemoryBreakdown:
+    """Memory of `run`'s layout on `num_gpus` GPUs of type `gpu_name`; LayoutError (with the numbers and what would
+    fit) when the layout does not divide or does not fit. Called before submitting a job."""
     try:
         gpu = get_gpu(gpu_name)
     except ValueError as exc:
@@ -141,10 +142,10 @@ def check_run_fits(run, gpu_name: str, num_gpus: int, gpus_per_node: int = 8) ->
                     f"{(train.global_batch_size // step + 1) * step}) or change micro_batch/dp")
         raise LayoutError(f"{layout.label()} on {num_gpus} GPUs does not divide: "
                           + "; ".join(p.message for p in problems) + hint)
-    memory = _memory(model, layout, train.global_batch_size, seq_len, train.dtype)
+    memory = layout_memory(model, layout, train.global_batch_size, seq_len, train.dtype)
     capacity = usable_bytes(gpu)
     if memory.total > capacity:
-        fixes = _suggestions(model, layout, num_gpus, train.global_batch_size, seq_len, train.dtype, gpu,
+        fixes = suggestions(model, layout, num_gpus, train.global_batch_size, seq_len, train.dtype, gpu,
                              gpus_per_node)
         if fixes:
             advice = "try " + " or ".join(fixes)

@@ -9,6 +9,8 @@ import os
 import time
 from dataclasses import dataclass, replace
 
+from .gemm_shape import shape_efficiency
+
 GiB = 1024 ** 3
 GB = 1e9
 
@@ -330,7 +332,6 @@ def measure_cpu_spec(threads: int | None = None, measure_link: bool = False) -> 
 
 def _cpu_shape_factor(n: int) -> float:
     """The efficiency curve's shape factor at the measured square GEMM (one core count's worth of tiles)."""
-    from .efficiency import shape_efficiency
     return shape_efficiency(n, n, n, 1, num_sms=1, tile_m=CPU_GEMM_TILE, tile_n=CPU_GEMM_TILE,
                             k_overhead=CPU_GEMM_K_OVERHEAD)
 

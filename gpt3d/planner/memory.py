@@ -6,8 +6,9 @@ Bytes per parameter (mixed precision keeps bf16/fp16 weights, fp32 gradients and
   fp32 training: weights 4 + gradients 4 + optimizer 8 (m, v; the weights are the master copy) = 16, or 8 + 8 / dp.
 These are Megatron-LM's numbers (docs/distrib_optimizer: "bf16 param, fp32 grads: 18 -> 6 + 12/d").
 
-Activations: activations.py (Korthikanti et al. 2022) times the layer-activation sets alive on the first stage
-(schedule.py); communication buffers: see `comm_buffer_bytes`.
+Activations: activations.py (Korthikanti et al. 2022, adjusted to the tensors gpt3d saves) times the model chunks a
+stage holds at its peak (`stage_chunks_in_flight`); communication buffers: see `comm_buffer_bytes`. Checked per
+category against `gpt3d dryrun` (the real code of one rank under fake tensors): tests/dryrun, benchmarks/dryrun.py.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 from gpt3d.config.model import ModelConfig
 
-from .activations import embedding_activation_bytes, head_activation_bytes, layer_activation_bytes
+from .activations import (embedding_activation_bytes, fused_attention_shares, head_activation_bytes,
+                          layer_activation_bytes, stage_output_bytes)
 from .hardware import GiB, GPUSpec
-from .schedule import first_stage_layer_activations, first_stage_microbatches_in_flight
-from .sparsity import materialized_score_fraction
+from .schedule import first_stage_layer_activations
+from .sparsity import layout_density, materialized_score_fraction
 
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 """Bytes of one model weight as the forward uses it."""
@@ -33,6 +35,10 @@ NCCL_COMMUNICATOR_BYTES = 128 * 1024 ** 2
 USABLE_MEMORY_FRACTION = 0.92
 """Share of device memory tensors can use: the CUDA context (~0.5-1 GiB) and caching-allocator fragmentation take
 the rest (PyTorch typically reserves 5-10% more than it allocates)."""
+
+
+ZERO_BUBBLE_SCHEDULES = ("zbh1", "zbv")
+"""Schedules whose activation bound comes from schedule.py (not yet run by `gpt3d dryrun`'s comparison)."""
 
 
 class LayoutError(ValueError):
@@ -99,57 +105,102 @@ def last_stage_parameters(model: ModelConfig, tp: int, pp: int) -> float:
             + model.padded_vocab_size * model.d_model / tp)
 
 
+def stage_parameters(model: ModelConfig, tp: int, pp: int, stage: int = 0) -> float:
+    """Parameters of one rank of pipeline stage `stage` (0 first, pp - 1 last; the others hold only layers)."""
+    if stage == 0:
+        return first_stage_parameters(model, tp, pp)
+    if stage == pp - 1:
+        return last_stage_parameters(model, tp, pp)
+    sharded, replicated = layer_parameter_split(model)
+    return model.n_layers / pp * (sharded / tp + replicated)
+
+
+def stage_chunks_in_flight(pp: int, vp: int, num_microbatches: int, schedule: str, stage: int = 0) -> int:
+    """Forwards (one model chunk of n_layers / (pp vp) layers on one micro-batch) whose activations stage `stage`
+    holds at its peak: GPipe all m; 1F1B min(p - s, m) (warm-up p - s - 1, then one more); interleaved 1F1B warms up
+    2 (p - s - 1) + (v - 1) p chunks and runs one more (Megatron-LM's schedule, gpt3d/parallel/pipeline)."""
+    if schedule == "gpipe":
+        return num_microbatches * vp
+    if pp == 1:
+        return 1
+    if vp == 1:
+        return min(pp - stage, num_microbatches)
+    return min(2 * (pp - stage - 1) + (vp - 1) * pp + 1, num_microbatches * vp)
+
+
+def comm_tensor_bytes(model: ModelConfig, tp: int, pp: int, dp: int, micro_batch: int, seq_len: int,
+                      sequence_parallel: bool, act_bytes: int, distributed_optimizer: bool, params: float,
+                      stage: int = 0) -> float:
+    """The largest set of communication buffers that are tensors alive at once: the pipeline's receive buffer for the
+    gradient coming back (stages before the last; a received activation is the first layer's saved input and counts
+    as an activation; sends go from the tensor itself), or, after backward, the distributed optimizer's
+    reduce-scatter outputs (fp32, 1/dp of every bucket, all in flight when reduction overlaps backward). The
+    sequence-parallel all-gather output is saved by the linear that consumes it (an activation)."""
+    receive = 0.0
+    if stage < pp - 1:
+        receive = seq_len * micro_batch * model.d_model / (tp if sequence_parallel else 1) * act_bytes
+    reduce_scatter = params * GRAD_BYTES["fp32"] / dp if distributed_optimizer and dp > 1 else 0.0
+    return max(receive, reduce_scatter)
+
+
+def nccl_buffer_bytes(tp: int, pp: int, dp: int) -> float:
+    """NCCL's own buffers (not tensors, invisible to PyTorch): one set per communicator this rank belongs to."""
+    return sum(1 for size in (tp, pp, dp) if size > 1) * NCCL_COMMUNICATOR_BYTES
+
+
 def comm_buffer_bytes(model: ModelConfig, tp: int, pp: int, dp: int, micro_batch: int, seq_len: int,
-                      sequence_parallel: bool, act_bytes: int) -> float:
-    """Sequence-parallel all-gather buffer (the full-sequence layer input), pipeline send/recv buffers (forward
-    activation + backward gradient, sharded over TP by the scatter/gather optimisation), NCCL communicators."""
-    sbh = seq_len * micro_batch * model.d_model * act_bytes
-    total = 0.0
-    if tp > 1 and sequence_parallel:
-        total += sbh
-    if pp > 1:
-        total += 2 * sbh / tp
-    communicators = sum(1 for size in (tp, pp, dp) if size > 1)
-    return total + communicators * NCCL_COMMUNICATOR_BYTES
+                      sequence_parallel: bool, act_bytes: int, distributed_optimizer: bool = False,
+                      params: float = 0.0, stage: int = 0) -> float:
+    """Communication tensors + NCCL communicators (see `comm_tensor_bytes`, `nccl_buffer_bytes`)."""
+    return (comm_tensor_bytes(model, tp, pp, dp, micro_batch, seq_len, sequence_parallel and tp > 1, act_bytes,
+                              distributed_optimizer, params, stage)
+            + nccl_buffer_bytes(tp, pp, dp))
 
 
 def estimate_memory(model: ModelConfig, tp: int, pp: int, dp: int, vp: int, micro_batch: int, seq_len: int,
                     num_microbatches: int, sequence_parallel: bool, recompute: str, distributed_optimizer: bool,
-                    dtype: str = "bf16", schedule: str = "1f1b") -> MemoryBreakdown:
-    """Memory of the most loaded rank (first pipeline stage) of this layout, in bytes."""
+                    dtype: str = "bf16", schedule: str = "1f1b", stage: int = 0) -> MemoryBreakdown:
+    """Memory of one rank of pipeline stage `stage` (default the first, the most loaded) of this layout, in bytes."""
     _check_dtype(dtype)
     for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("vp", vp), ("micro_batch", micro_batch),
                         ("seq_len", seq_len), ("num_microbatches", num_microbatches)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0 <= stage < pp:
+        raise ValueError(f"stage must be in 0 .. {pp - 1}, got {stage}")
     sequence_parallel = sequence_parallel and tp > 1
-    params = first_stage_parameters(model, tp, pp)
+    params = stage_parameters(model, tp, pp, stage)
     optimizer_shards = dp if distributed_optimizer else 1
     act_bytes = ACTIVATION_BYTES[dtype]
+    fused_share, sparse_share = fused_attention_shares(model)
+    # Scores in memory: the explicit softmax core's, and the block-sparse reference's (the fused kernels keep them on
+    # chip and save row statistics instead: fused_share).
     density = materialized_score_fraction(model, seq_len)
+    if model.kernels == "fused" and "sparse" in model.layer_attention_kinds():
+        density -= sparse_share * layout_density(model.sparse, seq_len, model.n_heads)
     per_layer = layer_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel, recompute, act_bytes,
-                                       density)
-    layer_sets = first_stage_layer_activations(model.n_layers, pp, vp, num_microbatches, schedule)
-    in_flight = first_stage_microbatches_in_flight(pp, vp, num_microbatches, schedule)
+                                       density, fused_share=fused_share, sparse_share=sparse_share)
+    if schedule in ZERO_BUBBLE_SCHEDULES:  # schedule.py's bound, the same on every rank (its simulator's peak)
+        layer_sets = first_stage_layer_activations(model.n_layers, pp, vp, num_microbatches, schedule)
+        chunks = min(pp, num_microbatches)  # stage outputs kept: as 1F1B (the same activation sets)
+    else:
+        chunks = stage_chunks_in_flight(pp, vp, num_microbatches, schedule, stage)
+        layer_sets = chunks * model.n_layers / (pp * vp)
     activations = per_layer * layer_sets
-    activations += in_flight * embedding_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel)
-    if pp == 1:
+    activations += chunks * stage_output_bytes(model, micro_batch, seq_len, tp, sequence_parallel, act_bytes)
+    if stage == 0:
+        activations += chunks * embedding_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel)
+    if stage == pp - 1:
         activations += head_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel, act_bytes)
     return MemoryBreakdown(
         params=params * WEIGHT_BYTES[dtype],
         grads=params * GRAD_BYTES[dtype],
         optimizer=params * OPTIMIZER_BYTES[dtype] / optimizer_shards,
         activations=activations,
-        comm_buffers=comm_buffer_bytes(model, tp, pp, dp, micro_batch, seq_len, sequence_parallel, act_bytes),
+        comm_buffers=comm_buffer_bytes(model, tp, pp, dp, micro_batch, seq_len, sequence_parallel, act_bytes,
+                                       distributed_optimizer, params, stage),
     )
 
 
 def usable_bytes(gpu: GPUSpec) -> float:
     return gpu.memory_bytes * USABLE_MEMORY_FRACTION
-
-
-def check_fits(run, gpu: str, num_gpus: int) -> MemoryBreakdown:
-    """Memory of `run`'s layout on `num_gpus` GPUs of type `gpu`; LayoutError (with the numbers and what would fit)
-    when the layout does not divide or does not fit. Called before submitting a job."""
-    from .fit_advice import check_run_fits
-    return check_run_fits(run, gpu, num_gpus)

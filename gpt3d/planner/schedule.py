@@ -8,8 +8,8 @@ Notation: p pipeline stages, m micro-batches per step, v virtual stages (model c
   with T_F = T_B = T_W (the paper's assumption; a slot is T_F + T_B + T_W): ZB-H1 idles (p - 1)(T_F + T_B - T_W),
   i.e. (p - 1) / 3 slots (section 3.1; exact in gpt3d's simulator for any costs). ZB-V (two chunks per rank in a V)
   idles what gpt3d's simulator measures for its action lists: for m >= 2p it does not depend on m, and equals
-  (p - 1) T_B / 2, i.e. (p - 1) / 6 slots (the paper's hand-made ZB-V approaches zero; the last rank cannot start
-  before p - 1 chunk forwards, so some start-up idles remain). Fewer micro-batches are simulated exactly.
+  (p - 1) T_F / 2, i.e. (p - 1) / 6 slots: the start-up lower bound (the last rank cannot start before p - 1 chunk
+  forwards of T_F / 2, and every rank has the same work). Fewer micro-batches are simulated exactly.
 - In flight on the first stage at the peak of 1F1B: min(p, m) micro-batches, each holding its l / p layers; with
   interleaving Megatron warms up (v - 1) p + 2 (p - 1) chunks and runs one more, so v p + p - 1 chunks of l / (p v)
   layers each (the factor 1 + (p - 1) / (p v) of Korthikanti et al.); GPipe keeps all m micro-batches. ZB-H1 and

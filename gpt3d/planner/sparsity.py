@@ -1,6 +1,6 @@
 """Density of a block-sparse attention layer as the planner uses it: kept blocks / all blocks of the s x s square.
 
-The layouts are gpt3d's own (gpt3d.model.sparsity.make_layout). A block-sparse kernel computes every kept block in
+The layouts are gpt3d's own (gpt3d.sparse.layout.make_layout). A block-sparse kernel computes every kept block in
 full (the diagonal ones masked), so its attention-core FLOPs, time and score memory are the dense full-square values
 (the Megatron convention) times this fraction. A dense causal layer therefore has block density (nb + 1) / (2 nb)
 but is counted as 1: dense kernels compute the whole square and mask it.
@@ -23,7 +23,7 @@ def layout_density(layout: SparseAttentionConfig, seq_len: int, n_heads: int = 1
 
 @functools.lru_cache(maxsize=256)
 def _density(fields: tuple, seq_len: int, heads: int) -> float:
-    from gpt3d.model.sparsity import make_layout
+    from gpt3d.sparse.layout import make_layout
     layout = make_layout(SparseAttentionConfig(*fields), heads, seq_len)
     return float(layout.sum()) / layout.numel()
 

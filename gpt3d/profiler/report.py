@@ -18,11 +18,12 @@ CSV_FIELDS = ("stage", "chunk", "virtual_stage", "layer", "name", "kind", "forwa
               "param_bytes")
 
 
-def theoretical_bubble(pp: int, num_micro: int, vp: int) -> float:
-    """Idle fraction of a 1F1B/GPipe schedule, (p-1)/(m+p-1); interleaving divides the bubble by v:
-    ((p-1)/v) / (m + (p-1)/v)."""
-    idle = (pp - 1) / vp
-    return idle / (num_micro + idle)
+def theoretical_bubble(pp: int, num_micro: int, vp: int, schedule: str = "1f1b") -> float:
+    """Idle fraction of the schedule with equal stage costs (gpt3d/planner/schedule.py): (p-1)/(m+p-1) for
+    1F1B/GPipe, ((p-1)/v) / (m + (p-1)/v) interleaved, and the zero-bubble schedules' smaller idle time."""
+    from gpt3d.planner.schedule import bubble_fraction
+    kind = schedule if schedule in ("zbh1", "zbv") else "1f1b"
+    return bubble_fraction(pp, num_micro, vp, kind)
 
 
 def _layer_entry(seg: dict, rank: dict) -> dict:
@@ -55,7 +56,7 @@ def build_report(cfg: RunConfig, options, layout, num_micro: int, ranks: list[di
         for position, seg in enumerate(rank["segments"]):  # forward order within the rank
             ordered.append((seg["virtual_stage"], position, _layer_entry(seg, rank)))
     layers = [entry for _, _, entry in sorted(ordered, key=lambda t: t[:2])]  # pipeline order
-    theory = theoretical_bubble(pp, num_micro, vp)
+    theory = theoretical_bubble(pp, num_micro, vp, cfg.parallel.schedule)
     stages = []
     for p in range(pp):
         r = representative[p]

@@ -78,9 +78,11 @@ def build_segments(cfg: RunConfig, chunks: list[nn.Module], pp_rank: int, pp: in
     rank_share = num_micro / tp  # this rank's micro-batches, 1/tp of every GEMM
 
     out: list[Segment] = []
+    from gpt3d.parallel.pipeline.schedules import placement_for
+    placement = placement_for(cfg.parallel.schedule, pp, len(chunks))[pp_rank]  # chunk -> virtual stage
 
     def add(name, kind, layer, chunk, flops_global, flops_mb, recomputed, param_bytes):
-        out.append(Segment(len(out), name, kind, layer, chunk, chunk * pp + pp_rank, flops_global,
+        out.append(Segment(len(out), name, kind, layer, chunk, placement[chunk], flops_global,
                            flops_mb * rank_share, recomputed, param_bytes))
 
     for c, stage in enumerate(chunks):

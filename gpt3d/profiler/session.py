@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from gpt3d.config.base import ConfigError
 from gpt3d.config.run import RunConfig
-from gpt3d.train.loop import build_data, global_batch, report_failure
+from gpt3d.train.loop import build_data, global_batch, make_trainer, report_failure
 from gpt3d.train.runtime import Runtime, init_runtime
 from gpt3d.train.trainer import Trainer
 
@@ -93,7 +93,7 @@ def run_profile(cfg: RunConfig, options: ProfileOptions, rt: Runtime) -> Optiona
     """Profile on this rank; returns the report on rank 0 (None elsewhere)."""
     ctx = rt.ctx
     data = build_data(cfg)
-    trainer = Trainer(cfg, rt)
+    trainer = make_trainer(cfg, rt)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     _barrier(rt)

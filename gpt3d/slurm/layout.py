@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
+
 from gpt3d.config import RunConfig
-from gpt3d.planner.memory import LayoutError, MemoryBreakdown, check_fits
+from gpt3d.planner.fit_advice import check_fits
+from gpt3d.planner.memory import LayoutError, MemoryBreakdown
 
 
 class SubmitLayoutError(ValueError):
@@ -59,10 +62,31 @@ def with_layout(run: RunConfig, layout: JobLayout) -> RunConfig:
     return dataclasses.replace(run, parallel=dataclasses.replace(run.parallel, dp=layout.dp))
 
 
-def check_memory(run: RunConfig, layout: JobLayout, gpu: str) -> MemoryBreakdown:
-    """The planner's memory breakdown for this layout on `gpu`; raises SubmitLayoutError (with its numbers) when it
-    does not fit."""
+class MemoryVerdict:
+    """What `gpt3d submit` prints about memory: the dry run's figures (and the planner's breakdown when it fits)."""
+
+    def __init__(self, note: str, planned: Optional[MemoryBreakdown]):
+        self.note, self.planned = note, planned
+
+    def describe(self) -> str:
+        return self.note
+
+
+def check_memory(run: RunConfig, layout: JobLayout, gpu: str) -> MemoryVerdict:
+    """The memory verdict for this layout on `gpu`: the dry run of rank 0 (gpt3d/dryrun/fit.py) decides, unless the
+    layout does not divide or the planner puts it far beyond the GPU; raises SubmitLayoutError (with the dry run's or
+    the planner's numbers and the smallest changes that fit) when it does not fit."""
+    from gpt3d.dryrun.fit import check_fits_by_dry_run, near_enough_for_a_dry_run
+    job = with_layout(run, layout)
     try:
-        return check_fits(with_layout(run, layout), gpu, layout.world_size)
+        planned = check_fits(job, gpu, layout.world_size)
+    except LayoutError as exc:
+        # Does not divide, or far beyond the GPU: the planner's figures (checked against the dry run) say enough.
+        if not near_enough_for_a_dry_run(job, gpu, layout.world_size):
+            raise SubmitLayoutError(f"{layout.describe()} on {gpu}: {exc}") from None
+        planned = None
+    try:
+        note = check_fits_by_dry_run(job, gpu)
     except LayoutError as exc:
         raise SubmitLayoutError(f"{layout.describe()} on {gpu}: {exc}") from None
+    return MemoryVerdict(note, planned)

@@ -159,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
             require_dtype_runs(cfg.train.dtype, compute_dtype(cfg.train.dtype), torch.device("cpu"))
         run_dir = Path(args.out) if args.out else default_run_dir(args.config)
         if launch is None or launch.rank == 0:
+            if cfg.train.objective != "pretrain" and cfg.finetune.init_from is not None:
+                from gpt3d.finetune.weights import check_init_checkpoint  # fine-tuning's starting weights
+                check_init_checkpoint(cfg.finetune.init_from, cfg.model)
             from .machine_fit import check_machine_fits
             check_machine_fits(cfg, layout, num_micro, world_size if launch is None else launch.local_world_size)
             checkpoint = checkpoint_to_resume(cfg, run_dir, args.overwrite)

@@ -34,6 +34,14 @@ def build_data(cfg: RunConfig):
                           cfg.data.cache_dir)
 
 
+def make_trainer(cfg: RunConfig, rt) -> Trainer:
+    """The trainer of train.objective: pre-training, or a fine-tuning objective (gpt3d/finetune/trainer.py)."""
+    if cfg.train.objective == "pretrain":
+        return Trainer(cfg, rt)
+    from gpt3d.finetune.trainer import ObjectiveTrainer
+    return ObjectiveTrainer(cfg, rt)
+
+
 def global_batch(dataset, step: int, size: int) -> np.ndarray:
     """Global batch `step` = samples [step * size, (step + 1) * size): the position to resume from is the step."""
     return np.stack([dataset[i] for i in range(step * size, (step + 1) * size)])
@@ -92,11 +100,7 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
     ctx = rt.ctx
     is_logger = ctx.rank == 0
     data = build_data(cfg)
-    if cfg.train.objective == "pretrain":
-        trainer = Trainer(cfg, rt)
-    else:
-        from gpt3d.finetune.trainer import ObjectiveTrainer
-        trainer = ObjectiveTrainer(cfg, rt)
+    trainer = make_trainer(cfg, rt)
     saver = CheckpointSaver(trainer, run_dir)
     start = resume(cfg, run_dir, trainer)
     G, seq = cfg.train.global_batch_size, cfg.train.seq_len
@@ -113,6 +117,7 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
             record = step_record(step + 1, result.loss, result.lr, result.grad_norm, result.seconds, G * seq, flops,
                                  ctx.layout.world_size, result.comm_bytes, result.applied,
                                  trainer.scaler.scale if trainer.scaler.enabled else None)
+            record.update(result.metrics)
             if cfg.train.eval_interval and ((step + 1) % cfg.train.eval_interval == 0 or
                                             step + 1 == cfg.train.steps):
                 losses = [trainer.eval_loss(global_batch(data["valid"], i, G))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ class StepResult:
     seconds: float
     busy_s: float
     comm_bytes: dict
+    metrics: dict = field(default_factory=dict)  # objective-specific means (fine-tuning: accuracies, margins)
 
 
 class Trainer:

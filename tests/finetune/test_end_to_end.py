@@ -7,6 +7,7 @@
   reward and KL against step are plotted."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -97,6 +98,8 @@ def test_reward_model_learns_a_preference(setup, reward_model):
         right += scores[0] > scores[1]
         total += 1
     assert right / total >= 0.9, f"held-out pairwise accuracy {right}/{total}"
+    last = json.loads((reward_model / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["accuracy"] >= 0.9 and last["reward_margin"] > 0  # the training metrics say the same
 
 
 def policy_stats(run_dir, reference, rm, enc, prompts):
@@ -138,4 +141,6 @@ def test_dpo_raises_the_reward_with_bounded_kl(setup, reward_model):
     plot = write_reward_kl_plot(steps, rewards, kls, root / "dpo" / "reward_kl.png", "DPO")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rewards[-1] >= rewards[0] + MARGIN, f"reward by step {list(zip(steps, rewards))}, KL {kls}"
+    last = json.loads((root / "dpo" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["reward_accuracy"] > 0.5 and last["reward_margin"] > 0
     assert max(kls) <= KL_BOUND, f"KL by step {list(zip(steps, kls))}, reward {rewards}"

@@ -110,6 +110,13 @@ def test_finetune_command_heads_in_checkpoints_convert_and_errors(tmp_path, tok,
     assert run_cli(["convert", str(tmp_path / "rm"), str(tmp_path / "rm-tp2"), "--tp", "2", "--pp", "2"]) == 0
     converted = Checkpoint(str(tmp_path / "rm-tp2"))
     assert converted.layout["tp"] == 2 and (converted.read("model/task_heads.reward.weight") == head).all()
+    # Scoring with a checkpoint that has no reward head: one clear error.
+    from gpt3d.checkpoint.errors import CheckpointError
+    from gpt3d.finetune.scoring import RewardModel
+    with pytest.raises(CheckpointError, match=r"not a reward model \(its model.task_heads are none\); train one "
+                                              r"with `gpt3d finetune --objective reward`"):
+        RewardModel(str(resolve_checkpoint_path(str(tmp_path / "sft"))))
+    assert RewardModel(str(resolve_checkpoint_path(str(tmp_path / "rm")))).score([1, 2, 3], [[4, 5], [6]])[0] != 0
     # A checkpoint of another vocabulary: one clear error before any rank starts.
     code = run_cli(["finetune", *common, "--set", "model.vocab_size=310", "--from", str(tmp_path / "sft"),
                     "--data", pairs, "--objective", "reward", "--steps", "1", "--out", str(tmp_path / "bad")])
@@ -118,3 +125,8 @@ def test_finetune_command_heads_in_checkpoints_convert_and_errors(tmp_path, tok,
     assert "gpt3d finetune: error: --from" in err and "vocabulary: checkpoint vocab_size=300, run " \
                                                         "model.vocab_size=310" in err
     assert not (tmp_path / "bad").exists()
+    # The same run as config keys through `gpt3d train` (YAML, SLURM) gets the same check.
+    code = run_cli(["train", *common, "--set", "model.vocab_size=310", "--set", "train.objective=reward", "--set",
+                    f"finetune.data={pairs}", "--set", f"finetune.init_from={tmp_path / 'sft'}", "--steps", "1",
+                    "--out", str(tmp_path / "bad")])
+    assert code == 2 and "vocabulary: checkpoint vocab_size=300" in capsys.readouterr().err

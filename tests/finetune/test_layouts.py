@@ -20,8 +20,12 @@ BASE = ["preset=tiny-test", "model.vocab_size=300", "model.n_layers=2", "model.d
 # than lr: with 1e-8 its first steps are ~lr whatever the gradient's size, in a direction set by rounding noise.
 LAYOUTS = {"tp2": (2, layout_overrides(2, 1, 1)), "pp2": (2, layout_overrides(1, 2, 1)),
            "dp2": (2, layout_overrides(1, 1, 2)), "2x2x2": (8, layout_overrides(2, 2, 2)),
-           "tp2 sp": (2, layout_overrides(2, 1, 1) + ["parallel.sequence_parallel=true"])}
-SP_TASKS = ("sft", "reward")  # sequence parallelism: the LM head's gather and the task heads' gather
+           "tp2 sp": (2, layout_overrides(2, 1, 1) + ["parallel.sequence_parallel=true"]),
+           "pp2 full-recompute": (2, layout_overrides(1, 2, 1) + ["parallel.recompute=full"]),
+           "tp2 selective-recompute": (2, layout_overrides(2, 1, 1) + ["parallel.recompute=selective"])}
+# Variants run for some objectives only: sequence parallelism (the LM head's gather and the task heads' gather) and
+# recomputation (the packed attention mask passed to recomputed blocks and attention cores).
+ONLY = {"tp2 sp": ("sft", "reward"), "pp2 full-recompute": ("dpo",), "tp2 selective-recompute": ("sft",)}
 
 # The pairwise loss is unchanged by adding a constant to every reward, so these two gradients are exactly 0 in exact
 # arithmetic: Adam normalises their rounding noise into steps of ~lr, which differ between layouts.
@@ -40,9 +44,10 @@ def finetune_job(rank: int, world_size: int, overrides: list[str]) -> dict:
     rt = init_runtime(cfg, rank, world_size, rank, world_size)
     trainer = ObjectiveTrainer(cfg, rt)
     data = build_finetune_data(cfg)["train"]
-    losses = [trainer.train_step(global_batch(data, step, cfg.train.global_batch_size)).loss for step in range(STEPS)]
+    results = [trainer.train_step(global_batch(data, step, cfg.train.global_batch_size)) for step in range(STEPS)]
     params = gather_full(rt.ctx, trainer.chunks, "param")
-    return {"losses": losses, "params": params} if rank == 0 else {}
+    out = {"losses": [r.loss for r in results], "metrics": [r.metrics for r in results], "params": params}
+    return out if rank == 0 else {}
 
 
 def independent_first_loss(rank: int, world_size: int, overrides: list[str]) -> float:
@@ -71,10 +76,10 @@ for task, overrides in TASKS.items():
     register(1, f"{task} 1x1x1", finetune_job, overrides)
     register(1, f"{task} independent", independent_first_loss, overrides)
     for layout, (world, extra) in LAYOUTS.items():
-        if layout != "tp2 sp" or task in SP_TASKS:
+        if task in ONLY.get(layout, (task,)):
             register(world, f"{task} {layout}", finetune_job, overrides + extra)
 
-CASES = [(task, layout) for task in TASKS for layout in LAYOUTS if layout != "tp2 sp" or task in SP_TASKS]
+CASES = [(task, layout) for task in TASKS for layout in LAYOUTS if task in ONLY.get(layout, (task,))]
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -89,6 +94,8 @@ def test_layout_gives_single_process_losses_and_parameters(task, layout):
     got, ref = results(world, f"{task} {layout}")[0], results(1, f"{task} 1x1x1")[0]
     assert got["losses"] == pytest.approx(ref["losses"], rel=1e-5)
     assert ref["losses"][-1] != ref["losses"][0]  # the optimizer stepped
+    for got_step, ref_step in zip(got["metrics"], ref["metrics"]):  # accuracies and margins, where reported
+        assert got_step == pytest.approx(ref_step, rel=1e-5, abs=1e-6)
     assert sorted(got["params"]) == sorted(ref["params"])
     for name, value in ref["params"].items():
         if name in SHIFT_INVARIANT.get(task, ()):

@@ -126,18 +126,36 @@ def test_exports_have_megatrons_exact_keys_and_shapes(megatron_run):
     assert (work / "ours_legacy" / "latest_checkpointed_iteration.txt").read_text() == str(OUR_ITERATION)
 
 
-def test_pre_core_names_import(megatron_run, tmp_path):
-    """The pre-core nesting (language_model.embedding / encoder / output_layer, Megatron-LM before megatron-core)
-    of megatron's own weights gives megatron's logits."""
+# Pre-core names of two Megatron-LM generations, written out from Megatron-LM's own model code (not from gpt3d's
+# tables): module attribute names of ParallelTransformerLayer / ParallelAttention / ParallelMLP / ParallelTransformer /
+# TransformerLanguageModel, keyed here by the megatron-core name of the same weight.
+PRE_CORE_GENERATIONS = {
+    # megatron/legacy/model/transformer.py (2023-2024): input_norm, self_attention.{query_key_value, dense},
+    # post_attention_norm, mlp.{dense_h_to_4h, dense_4h_to_h}; the stack is `encoder`, its last norm `final_norm`.
+    "legacy-2023": ("encoder", "final_norm", {
+        "input_layernorm": "input_norm", "pre_mlp_layernorm": "post_attention_norm",
+        "self_attention.linear_qkv": "self_attention.query_key_value",
+        "self_attention.linear_proj": "self_attention.dense",
+        "mlp.linear_fc1": "mlp.dense_h_to_4h", "mlp.linear_fc2": "mlp.dense_4h_to_h"}),
+    # megatron/model/transformer.py (2020, the released GPT-2 345M checkpoint): input_layernorm,
+    # attention.{query_key_value, dense}, post_attention_layernorm; the stack is `transformer`, `final_layernorm`.
+    "gpt2-2020": ("transformer", "final_layernorm", {
+        "input_layernorm": "input_layernorm", "pre_mlp_layernorm": "post_attention_layernorm",
+        "self_attention.linear_qkv": "attention.query_key_value", "self_attention.linear_proj": "attention.dense",
+        "mlp.linear_fc1": "mlp.dense_h_to_4h", "mlp.linear_fc2": "mlp.dense_4h_to_h"}),
+}
+
+
+@pytest.mark.parametrize("generation", sorted(PRE_CORE_GENERATIONS))
+def test_pre_core_names_import(megatron_run, tmp_path, generation):
+    """The pre-core nesting (language_model.embedding / encoder or transformer / output_layer, Megatron-LM before
+    megatron-core) of megatron's own weights gives megatron's logits."""
+    stack, final_norm, renames = PRE_CORE_GENERATIONS[generation]
     src = megatron_run.work / "mcore_legacy" / f"iter_{MEGATRON_ITERATION:07d}"
     for rank_dir in sorted(os.listdir(src)):
         ckpt = torch.load(src / rank_dir / "model_optim_rng.pt", weights_only=False)
-        encoder: dict = {}
-        old: dict = {"embedding": {}, "encoder": encoder}
-        renames = {"input_layernorm": "input_norm", "pre_mlp_layernorm": "post_attention_norm",
-                   "self_attention.linear_qkv": "self_attention.query_key_value",
-                   "self_attention.linear_proj": "self_attention.dense", "mlp.linear_fc1": "mlp.dense_h_to_4h",
-                   "mlp.linear_fc2": "mlp.dense_4h_to_h"}
+        layers: dict = {}
+        old: dict = {"embedding": {}, stack: layers}
         for name, value in ckpt["model"].items():
             if value is None:
                 continue
@@ -147,9 +165,9 @@ def test_pre_core_names_import(megatron_run, tmp_path):
             elif name.startswith("decoder.layers."):
                 _, _, i, rest = name.split(".", 3)
                 module, leaf = rest.rsplit(".", 1)
-                encoder[f"layers.{i}.{renames[module]}.{leaf}"] = value
+                layers[f"layers.{i}.{renames[module]}.{leaf}"] = value
             elif name.startswith("decoder.final_layernorm."):
-                encoder["final_norm." + name.rsplit(".", 1)[1]] = value
+                layers[f"{final_norm}." + name.rsplit(".", 1)[1]] = value
             elif name == "output_layer.weight":
                 old["output_layer"] = {"weight": value}
         ckpt["model"] = {"language_model": old}

@@ -16,11 +16,19 @@ def test_datasheet_numbers():
         get_gpu("b200")
 
 
-def test_measured_cpu_spec_reproduces_its_gemm_rate():
+def test_measured_cpu_spec():
+    """Checked against what the kernel reports (/proc/meminfo) and the thread count torch uses; the GEMM rate itself is
+    a timing and is not asserted (the curve is normalised to it by construction, so comparing the two proves
+    nothing)."""
     cpu = measure_cpu_spec()
-    assert cpu.name == "cpu" and cpu.peak_tflops_bf16 > 0 and cpu.hbm_GBps > 0 and cpu.memory_bytes > 2 ** 30
-    # the curve is normalised so the measured 512^3 GEMM runs at the measured rate
-    assert gemm_efficiency(512, 512, 512, cpu) * cpu.peak_flops == pytest.approx(cpu.peak_flops, rel=1e-9)
+    assert cpu.name == "cpu" and cpu.peak_tflops_bf16 > 0 and cpu.hbm_GBps > 0
+    with open("/proc/meminfo") as f:
+        mem_total_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    assert abs(cpu.memory_bytes - mem_total_kib * 1024) <= 4096  # the same RAM, from sysconf's page count
+    import torch
+    assert cpu.num_sms == torch.get_num_threads()  # one "SM" per thread of the process
+    # A GEMM too small to fill the cores is predicted to run less efficiently than the measured 512^3 one.
+    assert gemm_efficiency(16, 16, 16, cpu) < gemm_efficiency(512, 512, 512, cpu) <= cpu.gemm_efficiency_max
 
 
 def test_small_gemms_under_tp_run_slower():

@@ -3,8 +3,9 @@ import pytest
 
 from gpt3d.config import ModelConfig, load_config
 from gpt3d.planner.activations import layer_activation_bytes, layer_saved_tensors
-from gpt3d.planner.memory import (NCCL_COMMUNICATOR_BYTES, LayoutError, check_fits, estimate_memory,
-                                  first_stage_parameters, layer_parameter_split)
+from gpt3d.planner.fit_advice import check_fits
+from gpt3d.planner.memory import (NCCL_COMMUNICATOR_BYTES, LayoutError, estimate_memory, first_stage_parameters,
+                                  layer_parameter_split)
 from gpt3d.planner.schedule import bubble_fraction, first_stage_layer_activations
 
 # small config with dropout on, so every term of 34sbh + 5as^2b exists
@@ -29,8 +30,11 @@ def test_activation_formulas(tp):
     no_sp = layer_activation_bytes(m, B, S, tp, False, "none")
     assert no_sp == pytest.approx(sbh() * (10 + 24 / tp) + 5 * scores / tp)
     sp = layer_activation_bytes(m, B, S, tp, True, "none") if tp > 1 else no_sp
-    assert sp == pytest.approx((34 * sbh() + 5 * scores) / tp)
-    assert layer_activation_bytes(m, B, S, tp, tp > 1, "selective") == pytest.approx(34 * sbh() / tp)
+    # gpt3d's qkv and fc1 save their all-gathered input (2 bytes x s b h each) where Megatron saves the shard
+    gathered_inputs = 2 * 2 * sbh() * (1 - 1 / tp)
+    assert sp == pytest.approx((34 * sbh() + 5 * scores) / tp + gathered_inputs)
+    assert layer_activation_bytes(m, B, S, tp, tp > 1, "selective") == pytest.approx(34 * sbh() / tp
+                                                                                      + gathered_inputs)
     assert layer_activation_bytes(m, B, S, tp, False, "selective") == pytest.approx(sbh() * (10 + 24 / tp))
     assert layer_activation_bytes(m, B, S, tp, tp > 1, "full") == pytest.approx(2 * sbh() / tp)
     assert layer_activation_bytes(m, B, S, tp, False, "full") == pytest.approx(2 * sbh())
@@ -84,11 +88,13 @@ def test_in_flight_and_total_activations():
     assert first_stage_layer_activations(8, pp=4, vp=1, num_microbatches=16, schedule="gpipe") == 32
     mem = estimate_memory(m, tp=2, pp=4, dp=1, vp=1, micro_batch=B, seq_len=S, num_microbatches=16,
                           sequence_parallel=True, recompute="selective", distributed_optimizer=False)
-    per_layer = 34 * sbh() / 2
-    embedding_masks = 4 * sbh() / 2  # 1-byte dropout mask per in-flight micro-batch
-    assert mem.activations == pytest.approx(8 * per_layer + embedding_masks)
-    sp_buffer, p2p = 2 * sbh(), 2 * 2 * sbh() / 2
-    assert mem.comm_buffers == pytest.approx(sp_buffer + p2p + 2 * NCCL_COMMUNICATOR_BYTES)
+    per_layer = 34 * sbh() / 2 + 2 * 2 * sbh() / 2  # + the all-gathered qkv and fc1 inputs gpt3d saves
+    in_flight = 4  # micro-batches on the first of 4 stages, each holding 2 layers
+    embedding_masks = in_flight * sbh() / 2  # 1-byte dropout mask per in-flight micro-batch
+    stage_outputs = in_flight * 2 * sbh() / 2  # the sent output, held until its backward
+    assert mem.activations == pytest.approx(8 * per_layer + embedding_masks + stage_outputs)
+    p2p_receive = 2 * sbh() / 2  # the gradient coming back (bf16, sequence-sharded)
+    assert mem.comm_buffers == pytest.approx(p2p_receive + 2 * NCCL_COMMUNICATOR_BYTES)
 
 
 def test_bubble():
@@ -115,8 +121,8 @@ def test_check_fits_returns_breakdown_and_explains_failures():
         check_fits(too_big, "a100-80gb", 1024)
     text = str(err.value)
     assert "tp8 pp8 dp16 vp1 mb4 rc=none needs" in text and "but a100-80gb has 80 GiB" in text
-    assert "activations 120.4" in text and "optimizer 31.5" in text
-    assert "try recompute=full (65.7 GiB)" in text  # selective is not enough: full is the first that fits
+    assert "activations 121.9" in text and "optimizer 31.5" in text
+    assert "try recompute=full (67.4 GiB)" in text  # selective is not enough: full is the first that fits
 
 
 def test_check_fits_batch_not_divisible():

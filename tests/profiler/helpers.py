@@ -23,3 +23,10 @@ def accounting_error(rank: dict) -> float:
     """|sum of layer times - (step - exposed communication - bubble)| relative to the latter."""
     expected = rank["step_s"] - rank["comm_exposed_s"] - rank["bubble_s"]
     return abs(rank["layers_s"] - expected) / expected
+
+
+def megatron_paper_flops(batch: int, seq: int, layers: int, hidden: int, padded_vocab: int) -> float:
+    """Training FLOPs of one step without recomputation, as printed in Narayanan et al. (2021), "Efficient Large-Scale
+    Language Model Training on GPU Clusters Using Megatron-LM": 72 B s l h^2 (1 + s/(6h) + V/(12 l h)). Written out
+    here, apart from gpt3d.model.flops, so the profiler is checked against the paper and not against itself."""
+    return 72 * batch * seq * layers * hidden ** 2 * (1 + seq / (6 * hidden) + padded_vocab / (12 * layers * hidden))

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from gpt3d.config import load_config
-from gpt3d.model.flops import head_forward_flops, layer_forward_flops, megatron_model_flops
 from gpt3d.profiler.cpu_peak import cpu_peak_tflops
 from gpt3d.profiler.report import CSV_FIELDS
 
-from .helpers import accounting_error, profile
+from .helpers import accounting_error, megatron_paper_flops, profile
 
 LAYER_FIELDS = {"name", "kind", "layer", "stage", "forward_s", "backward_s", "recompute_s", "flops", "flops_rank",
                 "tflops", "share", "activation_bytes", "param_bytes"}
@@ -44,28 +43,38 @@ def test_one_entry_per_layer_with_every_field(run):
     assert acts["mlp"] >= 4 * mb * s * 2 * f  # fc1 output and GELU output (fp32) are kept for backward
 
 
-def test_flops_match_the_formulas_and_megatron(run):
+def test_flops_match_hand_counted_gemms_and_megatrons_formula(run):
+    """Expected FLOPs are counted here from the GEMM shapes of `tiny` (d 128, 4 heads, d_ff 512, padded vocab 4096,
+    4 layers), not with the functions the profiler uses."""
     _, report, cfg = run
     G, s = cfg.train.global_batch_size, cfg.train.seq_len
-    layer = layer_forward_flops(cfg.model, G, s)
-    expected = {"embedding": 0.0, "ln1": 0.0, "qkv": layer.qkv, "attn_core": layer.attention_core,
-                "out_proj": layer.out_proj, "mlp": layer.fc1 + layer.fc2, "residual_ln": 0.0, "final_ln": 0.0,
-                "head": head_forward_flops(cfg.model, G, s)}
+    d, f, vocab, layers = 128, 512, 4096, 4
+    assert (cfg.model.d_model, cfg.model.d_ff, cfg.model.padded_vocab_size, cfg.model.n_layers) == (d, f, vocab, layers)
+    tokens = G * s
+    forward = {"embedding": 0, "ln1": 0, "residual_ln": 0, "final_ln": 0,
+               "qkv": 2 * tokens * d * 3 * d,                  # x @ W_qkv
+               "attn_core": 2 * 2 * G * s * s * d,             # q k^T and p v over the full s x s square
+               "out_proj": 2 * tokens * d * d,
+               "mlp": 2 * tokens * d * f + 2 * tokens * f * d,  # fc1 + fc2
+               "head": 2 * tokens * d * vocab}
     for e in report["layers"]:
-        assert e["flops"] == 3 * expected[e["kind"]], e["name"]  # forward + backward (2 x forward)
+        assert e["flops"] == 3 * forward[e["kind"]], e["name"]  # forward + backward (2 x forward)
         assert e["flops_rank"] == e["flops"]  # one rank does it all
-    assert sum(e["flops"] for e in report["layers"]) == pytest.approx(megatron_model_flops(cfg.model, G, s),
+    assert sum(e["flops"] for e in report["layers"]) == pytest.approx(megatron_paper_flops(G, s, layers, d, vocab),
                                                                       rel=1e-12)
 
 
 def test_layer_times_add_up_to_the_step(run):
+    """The per-layer clocks and the step clock are separate measurements: the layers must account for the step up to
+    15% (one process: no communication, no bubble), and what is left ("other" = the remainder) is small and not
+    negative; a layer timed twice or a missed one breaks this."""
     _, report, _ = run
     (rank,) = report["ranks"]
     assert accounting_error(rank) <= 0.15, rank
     layers = sum(e["forward_s"] + e["backward_s"] for e in report["layers"])
     assert layers == pytest.approx(rank["layers_s"], rel=1e-9)
-    parts = rank["layers_s"] + rank["comm_exposed_s"] + rank["bubble_s"] + rank["optimizer_s"] + rank["other_s"]
-    assert parts == pytest.approx(rank["step_s"], rel=1e-9)
+    assert -0.01 * rank["step_s"] <= rank["other_s"] <= 0.15 * rank["step_s"], rank
+    assert 0 < rank["optimizer_s"] < 0.5 * rank["step_s"], rank
 
 
 def test_step_metrics(run):
@@ -73,7 +82,8 @@ def test_step_metrics(run):
     step = report["step"]
     G, s = cfg.train.global_batch_size, cfg.train.seq_len
     assert step["tokens_per_s"] == pytest.approx(G * s / step["step_s"])
-    assert step["model_tflops_per_rank"] == pytest.approx(megatron_model_flops(cfg.model, G, s) / step["step_s"] / 1e12)
+    flops = megatron_paper_flops(G, s, 4, 128, 4096)  # tiny: 4 layers, d 128, padded vocabulary 4096
+    assert step["model_tflops_per_rank"] == pytest.approx(flops / step["step_s"] / 1e12)
     # MFU on CPU is against the hardware peak of the cores used (never a measured GEMM): cores x clock x FLOPs/cycle
     peak, source = cpu_peak_tflops(torch.float32, report["ranks"][0]["threads"])
     assert step["peak_source"] == source and step["peak_source"].startswith("hardware peak")

@@ -6,7 +6,7 @@ import torch
 
 from gpt3d.config.sparse import SparseAttentionConfig
 from gpt3d.kernels.sparse_attention import block_sparse_attention
-from gpt3d.model.sparsity import make_layout
+from gpt3d.sparse.layout import make_layout
 
 
 @pytest.mark.parametrize("impl", ["fused", "reference"])

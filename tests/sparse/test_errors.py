@@ -6,7 +6,7 @@ import torch
 
 from gpt3d.config.sparse import SparseAttentionConfig
 from gpt3d.kernels.sparse_attention import block_sparse_attention, compile_layout
-from gpt3d.model.sparsity import make_layout
+from gpt3d.sparse.layout import make_layout
 
 
 def _qkv(seq=128, heads=2, d=16, dtype=torch.float32):

@@ -8,7 +8,7 @@ import torch
 
 from gpt3d.config.sparse import SparseAttentionConfig
 from gpt3d.kernels.sparse_attention import block_sparse_attention
-from gpt3d.model.sparsity import expand_layout_to_mask, make_layout
+from gpt3d.sparse.layout import expand_layout_to_mask, make_layout
 
 from sparse_helpers import cpu_isas, dense_masked_attention
 

@@ -6,7 +6,7 @@ import torch
 
 from gpt3d.config.base import ConfigError
 from gpt3d.config.sparse import SparseAttentionConfig
-from gpt3d.model.sparsity import check_layout, expand_layout_to_mask, layout_density, make_layout
+from gpt3d.sparse.layout import check_layout, expand_layout_to_mask, layout_density, make_layout
 
 LAYOUTS = ["local", "fixed", "strided", "bigbird", "dense"]
 

@@ -11,7 +11,7 @@ import torch
 
 from gpt3d.config.sparse import SparseAttentionConfig
 from gpt3d.kernels.sparse_attention import block_sparse_attention
-from gpt3d.model.sparsity import expand_layout_to_mask, make_layout
+from gpt3d.sparse.layout import expand_layout_to_mask, make_layout
 
 from sparse_helpers import dense_masked_attention
 
@@ -41,7 +41,7 @@ def test_fallback_without_extension_warns_once_and_matches_reference():
         import torch
         from gpt3d.config.sparse import SparseAttentionConfig
         from gpt3d.kernels.sparse_attention import block_sparse_attention
-        from gpt3d.model.sparsity import make_layout
+        from gpt3d.sparse.layout import make_layout
         layout = make_layout(SparseAttentionConfig(layout="fixed", block=16), 2, 64)
         q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
         with warnings.catch_warnings(record=True) as caught:

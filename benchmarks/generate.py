@@ -1,6 +1,6 @@
 """Decode speed of the inference engine against Hugging Face `generate` (its KV cache, greedy), same model, same
 prompts, measured in the same run: fp32 and bf16, batch 1 and 8. Both produce the same number of tokens (no EOS stop);
-each side gets a warm-up call and the best of --repeats timed calls. Prints decode tokens/s and the ratio.
+each side gets a warm-up call and the best of --repeats timed calls, alternating between the two. Prints decode tokens/s and the ratio.
 
     python benchmarks/generate.py [--layers 6 --d-model 512 --heads 8 --vocab 8192] [--prompt 32 --new 64]
 """
@@ -21,14 +21,17 @@ from gpt3d.config.generate import SamplingConfig  # noqa: E402
 from gpt3d.inference import InferenceEngine  # noqa: E402
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def best_of_interleaved(fns, repeats: int) -> list[float]:
+    """Best time of each function, the calls alternating so that a change in machine load hits both sides."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
@@ -71,7 +74,7 @@ def main() -> None:
             def run_ours():
                 engine.generate(prompts.tolist(), sampling)
             tokens = batch * args.new
-            t_hf, t_ours = best_of(run_hf, args.repeats), best_of(run_ours, args.repeats)
+            t_hf, t_ours = best_of_interleaved([run_hf, run_ours], args.repeats)
             name = "fp32" if dtype == torch.float32 else "bf16"
             print(f"{name:<6}{batch:>6}{tokens / t_hf:>12.1f}{tokens / t_ours:>14.1f}{t_hf / t_ours:>7.2f}x",
                   flush=True)

@@ -269,7 +269,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--megatron-format", choices=("legacy", "torch_dist"), default="torch_dist",
                         help="--to megatron: checkpoint flavour")
     parser.add_argument("--trusted", action="store_true",
-                        help="--from megatron|deepspeed: allow full unpickling of their pickled files (runs code from them: only for files you trust)")
+                        help="--from megatron|deepspeed: allow full unpickling of their pickled files (runs code "
+                             "from them: only for files you trust)")
     parser.add_argument("--tag", help="--from deepspeed: the checkpoint tag (default: the 'latest' file)")
     parser.add_argument("--config", help="--from megatron|deepspeed|hf: run config (model shape, training defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -39,22 +39,39 @@ def describe_peak(result: DryRunResult, nccl: float) -> str:
     return f"{(result.peak.total + nccl) / GiB:.1f} GiB per GPU ({parts}, nccl {nccl / GiB:.1f})"
 
 
+def ranks_to_check(run: RunConfig) -> list[tuple[int, str]]:
+    """(rank, what it is): the first pipeline stage, the most loaded under GPipe and (interleaved) 1F1B (it holds the
+    most micro-batches); with a zero-bubble schedule also the last, whose deferred weight-gradient steps keep the most
+    (benchmarks/dryrun.py)."""
+    from gpt3d.parallel.context import Layout
+    par = run.parallel
+    ranks = [(0, "rank 0 (first pipeline stage)")]
+    if par.schedule in ("zbh1", "zbv") and par.pp > 1:
+        last = Layout(par.tp, par.pp, par.dp, par.vp).rank_of(0, 0, par.pp - 1)
+        ranks.append((last, f"rank {last} (last pipeline stage)"))
+    return ranks
+
+
 def check_fits_by_dry_run(run: RunConfig, gpu_name: str) -> str:
-    """Dry-run rank 0 of `run` (parallel.dp set); a one-line summary when it fits, else LayoutError with the dry run's
-    figures and the smallest changes that fit."""
+    """Dry-run the most loaded ranks of `run` (parallel.dp set; `ranks_to_check`); a one-line summary when they fit,
+    else LayoutError with the dry run's figures and the smallest changes that fit."""
     from .cli import smallest_fixes
     gpu = get_gpu(gpu_name)
     par = run.parallel
-    result = dry_run(run, par.tp * par.pp * par.dp, 0)
-    nccl = compare(run, result, par.dp).nccl
     capacity = usable_bytes(gpu)
-    summary = describe_peak(result, nccl)
-    if result.peak.total + nccl <= capacity:
-        return f"{summary} (dry run of rank 0, the first pipeline stage)"
-    temporaries = result.peak.at_peak["temporaries"]
-    fixes = smallest_fixes(run, par.dp, gpu, temporaries)
-    raise LayoutError(f"the dry run of rank 0 (first pipeline stage) needs {summary} but {gpu.name} has "
-                      f"{gpu.memory_bytes / GiB:.0f} GiB ({capacity / GiB:.1f} GiB usable); "
-                      + (f"smallest changes that fit (planner GiB, leaving {temporaries / GiB:.1f} GiB for "
-                         f"temporaries): " + " or ".join(fixes) if fixes else
-                         "no single change fits on this many GPUs (see gpt3d plan)"))
+    checked = []
+    for rank, what in ranks_to_check(run):
+        result = dry_run(run, par.tp * par.pp * par.dp, rank)
+        nccl = compare(run, result, par.dp).nccl
+        summary = describe_peak(result, nccl)
+        if result.peak.total + nccl <= capacity:
+            checked.append(f"{summary} (dry run of {what})")
+            continue
+        temporaries = result.peak.at_peak["temporaries"]
+        fixes = smallest_fixes(run, par.dp, gpu, temporaries)
+        raise LayoutError(f"the dry run of {what} needs {summary} but {gpu.name} has "
+                          f"{gpu.memory_bytes / GiB:.0f} GiB ({capacity / GiB:.1f} GiB usable); "
+                          + (f"smallest changes that fit (planner GiB, leaving {temporaries / GiB:.1f} GiB for "
+                             f"temporaries): " + " or ".join(fixes) if fixes else
+                             "no single change fits on this many GPUs (see gpt3d plan)"))
+    return "; ".join(checked)

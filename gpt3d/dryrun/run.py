@@ -38,14 +38,14 @@ class DryRunResult:
 
 
 def microbatches_to_run(num_micro: int, pp: int, vp: int, schedule: str) -> int:
-    """Enough micro-batches to reach the step's peak, which later micro-batches only repeat: 1F1B (and ZB-H1, which
-    holds the same) keeps at most p - s micro-batches on stage s, all in flight once p have started, so p micro-batches
-    run warm-up, one steady step and cool-down and peak as the full step; interleaved 1F1B warms up 2 (p - 1) +
-    (v - 1) p chunks on the first stage and ZB-V's first chunk holds up to 2p - 1 inputs, so 2p (a multiple of p, as
-    interleaving needs); GPipe holds every micro-batch."""
-    if schedule == "gpipe":
+    """Enough micro-batches to reach the step's peak, which later micro-batches only repeat: 1F1B keeps at most
+    p - s micro-batches on stage s, all in flight once p have started, so p micro-batches run warm-up, one steady step
+    and cool-down and peak as the full step; interleaved 1F1B warms up 2 (p - 1) + (v - 1) p chunks on the first
+    stage, so 2p (a multiple of p, as it needs). GPipe holds every micro-batch, and so may the zero-bubble schedules,
+    whose deferred weight-gradient steps keep their inputs for a number of micro-batches that depends on m: all m."""
+    if schedule in ("gpipe", "zbh1", "zbv"):
         return num_micro
-    one_chunk = vp == 1 and schedule in ("1f1b", "zbh1")
+    one_chunk = vp == 1 and schedule == "1f1b"
     return min(num_micro, pp if one_chunk else 2 * pp)
 
 

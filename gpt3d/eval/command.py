@@ -118,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
     if args.lm_eval_tasks:
         from .lm_eval_backend import run_lm_eval
         results["lm_eval"] = run_lm_eval(args)
+        for task, metrics in results["lm_eval"].items():
+            shown = ", ".join(f"{k.split(',')[0]} {v:.4f}" for k, v in metrics.items()
+                              if isinstance(v, float) and "stderr" not in k)
+            print(f"lm-eval {task}: {shown}")
     results["seconds"] = round(time.perf_counter() - start, 2)
     write_json_atomic(out_dir / "results.json", results)
     print(f"gpt3d eval: wrote {out_dir / 'results.json'} in {results['seconds']:.1f}s")

@@ -92,14 +92,21 @@ def _region(param: nn.Parameter) -> tuple[tuple, tuple]:
     return tuple(start), size
 
 
+# Linear weights [out, in] are stored column-major (as Hugging Face's Conv1D): x @ W then runs without a transposed
+# operand, about 2x faster on CPU in fp32 for a few rows (a decode step of a batch), same numbers.
+_COLUMN_MAJOR = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
+
+
 @torch.no_grad()
 def fill_stage(stage: GPTStage, read: Reader, dtype: torch.dtype, device: torch.device) -> GPTStage:
     for local_name, param in list(stage.named_parameters()):
         start, size = _region(param)
-        value = read(param_full_name(param, local_name), start, size)
+        value = read(param_full_name(param, local_name), start, size).to(device=device, dtype=dtype).contiguous()
+        if local_name.endswith(_COLUMN_MAJOR) and dtype == torch.float32:  # bf16 GEMMs gain nothing from it
+            value = value.t().contiguous().t()
         owner_name, _, attr = local_name.rpartition(".")
         owner = stage.get_submodule(owner_name) if owner_name else stage
-        new = nn.Parameter(value.to(device=device, dtype=dtype).contiguous(), requires_grad=False)
+        new = nn.Parameter(value, requires_grad=False)
         new.__dict__.update({k: v for k, v in param.__dict__.items() if not k.startswith("_")})
         setattr(owner, attr, new)
     return stage.eval()

@@ -80,7 +80,14 @@ def spawn(fn: Callable, world_size: int, *args, collect: bool = False) -> list[A
         context = mp.start_processes(_entry, args=(fn, world_size, port, args, results), nprocs=world_size,
                                      join=False, start_method="spawn")
         with _forwarding_signals(context.pids()):
-            _wait_all(context.processes)
+            try:
+                _wait_all(context.processes)
+            except BaseException:  # Ctrl-C or a failed rank: no rank outlives the launcher
+                for process in context.processes:
+                    if process.is_alive():
+                        process.kill()
+                        process.join()
+                raise
         return [results[r] for r in range(world_size)] if collect else None
     finally:
         if manager is not None:

@@ -21,6 +21,8 @@ def test_resume_at_an_older_step_needs_overwrite(tmp_path):
 
     again = run(train_cmd(out, 3, "--resume", str(older), "--overwrite"))
     assert again.returncode == 0, again.stderr
+    # The closing line lists what was written: no tensorboard/ when train.tensorboard is off (as in tiny-test).
+    assert f"gpt3d: run directory {out} (metrics.jsonl, config.yaml, checkpoints/)" in again.stdout
     assert sorted(losses(out)) == [1, 2, 3]
     assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step_")) == ["step_00000002",
                                                                                      "step_00000003"]

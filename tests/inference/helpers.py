@@ -58,3 +58,15 @@ def hf_scores(export: Path, pairs) -> list[tuple[float, bool]]:
             target = torch.tensor(cont)
             out.append((logp[pos, target].sum().item(), bool((logp[pos].argmax(-1) == target).all())))
     return out
+
+
+def hf_induction(export: Path, seqs: torch.Tensor) -> torch.Tensor:
+    """[layers, heads] induction scores from Hugging Face's attention probabilities (eager attention) on sequences of
+    a random half repeated: mean attention from query t of the second half to key t - half + 1."""
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(export, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = model(seqs, output_attentions=True).attentions
+    half = seqs.shape[1] // 2
+    q = torch.arange(half, 2 * half)
+    return torch.stack([a[:, :, q, q - half + 1].mean(dim=(0, 2)) for a in attentions])

@@ -71,9 +71,22 @@ def test_eval_matches_hf_reference_and_writes_results(setup):
     out = ROOT / "out"
     tasks_arg = f"{mc},{completion},icl-mapping"
     assert main(["eval", str(ckpt), "--tasks", tasks_arg, "--shots", "0,1,3", "--limit", "8", "--tokenizer",
-                 str(tokenizer_dir), "--out", str(out), "--batch-size", "3"]) == 0
+                 str(tokenizer_dir), "--out", str(out), "--batch-size", "3", "--icl-score", "--induction"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert (out / "accuracy_vs_shots.png").stat().st_size > 1000
+    for png in ("accuracy_vs_shots.png", "induction_heads.png"):
+        assert (out / png).stat().st_size > 1000
+    # the ICL score: loss at token round(500/1024 * 64) = 31 minus loss at token round(50/1024 * 64) = 3
+    from transformers import GPT2LMHeadModel
+
+    from gpt3d.eval.icl import held_out_windows
+    windows = torch.tensor(held_out_windows(tokenizer, 64, 8))
+    with torch.no_grad():
+        logits = GPT2LMHeadModel.from_pretrained(export).eval()(windows).logits.float()
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), windows[:, 1:], reduction="none")
+    icl = results["icl"]
+    assert (icl["early_token"], icl["late_token"], icl["windows"]) == (3, 31, 8)
+    assert abs(icl["icl_score"] - (losses[:, 30].mean() - losses[:, 2].mean()).item()) <= 1e-4
+    assert len(results["induction"]["scores"]) == 3 and len(results["induction"]["scores"][0]) == 6
     tasks = [load_task(t, tokenizer) for t in tasks_arg.split(",")]
     pairs, items = build_requests(tasks, [0, 1, 3], tokenizer, 64, 1234, 8)
     reference = _hf_accuracy(export, tasks, items, pairs)

@@ -13,7 +13,8 @@ import torch
 from gpt3d.config.generate import SamplingConfig
 from gpt3d.inference import InferenceEngine
 from gpt3d.inference.engine import PromptError
-from tests.inference.helpers import NEW_TOKENS, PROMPTS, hf_greedy, hf_scores, make_models, threads_one
+from tests.inference.helpers import (NEW_TOKENS, PROMPTS, hf_greedy, hf_induction, hf_scores, make_models,
+                                     threads_one)
 from tests.parallel.harness import register, results
 
 ROOT = Path(tempfile.mkdtemp(prefix="gpt3d-generate-"))
@@ -42,6 +43,8 @@ def generate_task(rank: int, world_size: int, tp: int, pp: int, ckpt: str) -> di
         done = engine.generate(PROMPTS, SamplingConfig(max_new_tokens=new, logprobs=True, **kw))
         out[name] = [(c.tokens, c.logprobs) for c in done]
     out["scores"] = [(s.logprob, s.greedy) for s in engine.score(SCORE_PAIRS, batch_size=4)]
+    from gpt3d.eval.icl import induction_scores
+    out["induction"] = induction_scores(engine, 101, batch=2, half=20, seed=3).tolist()
     return out
 
 
@@ -72,6 +75,9 @@ def test_greedy_matches_hf_generate_and_sampling_is_layout_independent(models, r
     hf = hf_scores(models[1], SCORE_PAIRS)
     for (lp, greedy), (lp_ref, greedy_ref) in zip(got["scores"], hf):
         assert abs(lp - lp_ref) <= 1e-4 and greedy == greedy_ref
+    from gpt3d.eval.icl import repeated_random_tokens
+    torch.testing.assert_close(torch.tensor(got["induction"]),
+                               hf_induction(models[1], repeated_random_tokens(101, 2, 20, 3)), atol=1e-5, rtol=0)
     # every rank returns the same completions
     for other in results(world, f"generate {layout}")[1:]:
         assert other == got

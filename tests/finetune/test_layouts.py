@@ -73,25 +73,25 @@ def independent_first_loss(rank: int, world_size: int, overrides: list[str]) -> 
 
 
 for task, overrides in TASKS.items():
-    register(1, f"{task} 1x1x1", finetune_job, overrides)
-    register(1, f"{task} independent", independent_first_loss, overrides)
+    register(1, f"{task} 1x1x1", finetune_job, overrides, group="finetune")
+    register(1, f"{task} independent", independent_first_loss, overrides, group="finetune")
     for layout, (world, extra) in LAYOUTS.items():
         if task in ONLY.get(layout, (task,)):
-            register(world, f"{task} {layout}", finetune_job, overrides + extra)
+            register(world, f"{task} {layout}", finetune_job, overrides + extra, group="finetune")
 
 CASES = [(task, layout) for task in TASKS for layout in LAYOUTS if task in ONLY.get(layout, (task,))]
 
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_single_process_first_loss_is_the_models(task):
-    got = results(1, f"{task} 1x1x1")[0]["losses"][0]
-    assert got == pytest.approx(results(1, f"{task} independent")[0], rel=1e-6)
+    got = results(1, f"{task} 1x1x1", group="finetune")[0]["losses"][0]
+    assert got == pytest.approx(results(1, f"{task} independent", group="finetune")[0], rel=1e-6)
 
 
 @pytest.mark.parametrize("task,layout", CASES)
 def test_layout_gives_single_process_losses_and_parameters(task, layout):
     world = LAYOUTS[layout][0]
-    got, ref = results(world, f"{task} {layout}")[0], results(1, f"{task} 1x1x1")[0]
+    got, ref = results(world, f"{task} {layout}", group="finetune")[0], results(1, f"{task} 1x1x1", group="finetune")[0]
     assert got["losses"] == pytest.approx(ref["losses"], rel=1e-5)
     assert ref["losses"][-1] != ref["losses"][0]  # the optimizer stepped
     for got_step, ref_step in zip(got["metrics"], ref["metrics"]):  # accuracies and margins, where reported

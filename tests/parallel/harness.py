@@ -129,15 +129,17 @@ def run(rank: int, world_size: int, overrides: list[str], steps: int, grads_afte
 # -- one spawned world per world size, shared by every test module collected in this session ------------------------
 # Test modules register the tasks they need at import (collection) time; the first test that asks for a result runs
 # every task registered for that world size in one spawned world, so the suite pays each world's start-up once.
-_TASKS: dict[int, dict[str, tuple[Callable, tuple]]] = {}
-_RESULTS: dict[int, dict[int, dict]] = {}
+# A `group` keeps a module's tasks in a world of their own: the fine-tuning tasks failed when run in the same
+# in-process world as the pre-training parity tasks (full-suite order only), so they do not share it.
+_TASKS: dict[tuple[int, str], dict[str, tuple[Callable, tuple]]] = {}
+_RESULTS: dict[tuple[int, str], dict[int, dict]] = {}
 
 
-def register(world_size: int, key: str, fn: Callable, *args) -> str:
+def register(world_size: int, key: str, fn: Callable, *args, group: str = "shared") -> str:
     """Register task `fn(rank, world_size, *args)` (a module-level function) under `key`; returns the key."""
-    tasks = _TASKS.setdefault(world_size, {})
+    tasks = _TASKS.setdefault((world_size, group), {})
     assert key not in tasks or tasks[key] == (fn, args), f"task {key!r} registered twice with different arguments"
-    assert world_size not in _RESULTS, f"world {world_size} already ran; register tasks at import time"
+    assert (world_size, group) not in _RESULTS, f"world {world_size} already ran; register tasks at import time"
     tasks[key] = (fn, args)
     return key
 
@@ -154,16 +156,17 @@ def _run_tasks(rank: int, world_size: int, tasks: dict[str, tuple[Callable, tupl
     return {key: fn(rank, world_size, *args) for key, (fn, args) in tasks.items()}
 
 
-def results(world_size: int, key: str) -> list:
+def results(world_size: int, key: str, group: str = "shared") -> list:
     """Per-rank results of task `key` of the world of `world_size` ranks (running that world on first use)."""
-    if world_size not in _RESULTS:
-        tasks = _TASKS.get(world_size, {})
+    world = (world_size, group)
+    if world not in _RESULTS:
+        tasks = _TASKS.get(world, {})
         if world_size == 1:
             per_rank = [_run_tasks(0, 1, tasks)]
         else:
             per_rank = spawn(_run_tasks, world_size, tasks, collect=True)
-        _RESULTS[world_size] = dict(enumerate(per_rank))
-    return [_RESULTS[world_size][r][key] for r in range(world_size)]
+        _RESULTS[world] = dict(enumerate(per_rank))
+    return [_RESULTS[world][r][key] for r in range(world_size)]
 
 
 # -- the layouts the model-level tests run (tp x pp x dp), shared by the parity and the accounting tests --------------

@@ -50,8 +50,12 @@ def global_batch(dataset, step: int, size: int) -> np.ndarray:
 def report_failure(trainer_ctx, exc: BaseException) -> None:
     """A collective failed or timed out: say where this rank was, so a hang is diagnosable, then exit non-zero."""
     ops = ", ".join(f"{g.name}: {g.current_op or '-'}" for g in trainer_ctx.groups())
-    print(f"gpt3d: {trainer_ctx.coords_text()} failed during '{trainer_ctx.schedule_step or 'setup'}' "
-          f"(last operation per group: {ops}): {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    line = (f"gpt3d: {trainer_ctx.coords_text()} failed during '{trainer_ctx.schedule_step or 'setup'}' "
+            f"(last operation per group: {ops}): {type(exc).__name__}: {exc}")
+    # One write with its newline: the launcher may kill this rank at any moment once a peer has died, and a line cut
+    # before its newline would run into the launcher's own one-line summary.
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), (" ".join(line.split()) + "\n").encode())
 
 
 def train_rank(cfg: RunConfig, run_dir: str, rank: int, world_size: int, local_rank: int,

@@ -9,7 +9,7 @@ from gpt3d.planner.memory import (ACTIVATION_BYTES, MemoryBreakdown, comm_tensor
 
 from .run import DryRunResult
 
-COMPARED = ("params", "grads", "optimizer", "activations", "comm")
+COMPARED = ("params", "grads", "optimizer", "activations", "comm", "deferred_w")
 """Categories both report (the planner has no temporaries; NCCL's buffers are not tensors, so only the planner has
 them)."""
 
@@ -56,9 +56,10 @@ def compare(cfg: RunConfig, result: DryRunResult, dp: int) -> Comparison:
     stage = result.coords[2]
     comm = comm_tensor_bytes(cfg.model, par.tp, par.pp, dp, train.micro_batch_size, seq,
                              par.sequence_parallel and par.tp > 1, ACTIVATION_BYTES[train.dtype],
-                             par.distributed_optimizer, stage_parameters(cfg.model, par.tp, par.pp, stage), stage)
+                             par.distributed_optimizer,
+                             stage_parameters(cfg.model, par.tp, par.pp, stage, par.schedule), stage)
     return Comparison(
         dry=dict(result.peak.category_max),
         planned={"params": planned.params, "grads": planned.grads, "optimizer": planned.optimizer,
-                 "activations": planned.activations, "comm": comm},
+                 "activations": planned.activations, "comm": comm, "deferred_w": planned.deferred_w},
         nccl=nccl_buffer_bytes(par.tp, par.pp, dp))

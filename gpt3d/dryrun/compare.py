@@ -28,6 +28,9 @@ class Comparison:
     planned: dict[str, float]
     nccl: float
     """NCCL communicator buffers (planner constant), added to the dry run's total for the fit check"""
+    planned_peak: float = 0.0
+    """the planner's total of the compared tensors at once (zero-bubble schedules: activations and deferred-W
+    gradients at their joint peak, not their two peaks added), without nccl"""
 
     def agrees(self, category: str, peak_total: float, tolerance: float = TOLERANCE) -> bool:
         """Within `tolerance` of the dry run, or, for a category under 1% of the rank's peak, within 1% of the peak."""
@@ -62,4 +65,5 @@ def compare(cfg: RunConfig, result: DryRunResult, dp: int) -> Comparison:
         dry=dict(result.peak.category_max),
         planned={"params": planned.params, "grads": planned.grads, "optimizer": planned.optimizer,
                  "activations": planned.activations, "comm": comm, "deferred_w": planned.deferred_w},
-        nccl=nccl_buffer_bytes(par.tp, par.pp, dp))
+        nccl=nccl_buffer_bytes(par.tp, par.pp, dp),
+        planned_peak=planned.total - planned.comm_buffers + comm)

@@ -99,8 +99,8 @@ def test_planner_matches_the_dry_run_per_category(name):
     for category in COMPARED:
         assert comparison.agrees(category, result.peak.total), (
             f"{category}: planner {comparison.planned[category]:.0f} vs dry run {comparison.dry[category]}")
-    if par.schedule in ("zbh1", "zbv"):  # not vacuous: the deferred W's hold a real share of the rank's memory
-        assert comparison.dry["deferred_w"] > 0.1 * result.peak.total
+    if par.schedule in ("zbh1", "zbv"):  # not vacuous: the deferred W's hold a real share, most on the last stage
+        assert comparison.dry["deferred_w"] > (0.1 if stage == par.pp - 1 else 0.01) * result.peak.total
 
 
 def test_plan_evaluates_a_given_layout():

@@ -52,7 +52,7 @@ def render_schedule_gains(result: PlanResult, rows: list[dict], console: Console
             table.add_row(r["schedule"], "-", "-", "-", "-", "-", "-", "-", r["problem"])
             continue
         table.add_row(r["schedule"], f"{r['step_s']:.2f}", f"{r['bubble_s'] * 1e3:,.0f}", f"{r['tokens_per_s']:,.0f}",
-                      f"{r.get('speedup_vs_1f1b', 1.0):.3f}x", f"{r['activations_gib']:.1f}", f"{r['deferred_w_gib']:.1f}",
-                      f"{r['total_gib']:.1f}",
+                      f"{r.get('speedup_vs_1f1b', 1.0):.3f}x", f"{r['activations_gib']:.1f}",
+                      f"{r['deferred_w_gib']:.1f}", f"{r['total_gib']:.1f}",
                       "yes" if r["fits"] else f"no (> {result.ranked[0].memory_capacity / GiB:.1f})")
     console.print(table)

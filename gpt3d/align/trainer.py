@@ -20,19 +20,10 @@ from gpt3d.parallel.pipeline.runner import StageRunner
 from gpt3d.train.loop import global_batch
 from gpt3d.train.runtime import Runtime
 
-from . import losses
 from .data import build_pretraining, prompt_of, pretraining_rows, ptx_batch_size, rollout_rows
 from .engine import rollout_engine
 from .objective import METRICS, Pretraining, Rollout, make_reference_logps, make_rollout_stats
-
-
-def completion_span(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positions [rows, width] of each row's completion tokens, valid [rows, width]): a row's labelled positions
-    are one contiguous run."""
-    start = mask.float().argmax(dim=1)
-    steps = torch.arange(width, device=mask.device)
-    index = (start.unsqueeze(1) + steps).clamp(max=mask.shape[1] - 1)
-    return index, steps < mask.sum(dim=1, keepdim=True)
+from .rollouts import attach_rollouts
 
 
 class AlignTrainer(ObjectiveTrainer):
@@ -92,7 +83,7 @@ class AlignTrainer(ObjectiveTrainer):
         ptx = self.pretraining_batches(iteration)
         weight = (len(batches) + len(ptx)) / len(batches)
         if self.ctx.is_last_stage:
-            self.attach_rollouts(batches, policy, reference, scores, weight)
+            attach_rollouts(batches, policy, reference, scores, weight, self.ppo, self.ctx.dp_group)
         return [b.tokens for b in batches + ptx], batches + ptx
 
     def pretraining_batches(self, iteration: int) -> list[PackedBatch]:
@@ -106,33 +97,6 @@ class AlignTrainer(ObjectiveTrainer):
         for b in batches:
             b.align = Pretraining(self.ppo.ptx_coef * (ppo_micro + len(batches)) / len(batches))
         return batches
-
-    def attach_rollouts(self, batches, policy, reference, scores, weight: float) -> None:
-        """KL-penalised rewards, GAE and whitened advantages over this replica's rollouts (whitening statistics over
-        the whole global batch), set on each micro-batch as its `Rollout`."""
-        ppo, width = self.ppo, self.ppo.max_new_tokens
-        spans = [completion_span(b.labels >= 0, width) for b in batches]
-        pick = lambda x, s: x.gather(1, s[0]) * s[1]  # noqa: E731
-        logps = torch.cat([pick(p[0], s) for p, s in zip(policy, spans)])
-        values = torch.cat([pick(p[1], s) for p, s in zip(policy, spans)])
-        ref = torch.cat([pick(r, s) for r, s in zip(reference, spans)])
-        mask = torch.cat([s[1] for s in spans]).float()
-        score = torch.cat(scores)
-        rewards, kl = losses.kl_penalised_rewards(logps, ref, score, mask, ppo.kl_coef)
-        advantages, returns = losses.gae(rewards, values, mask, ppo.gamma, ppo.lam)
-        advantages = losses.masked_whiten(advantages, mask, self.ctx.dp_group)
-        at = 0
-        for batch, (index, valid), p in zip(batches, spans, policy):
-            n = len(index)
-            rows = slice(at, at + n)
-            at += n
-
-            def place(x):
-                return torch.zeros_like(p[0]).scatter_add(1, index, x[rows] * valid)
-            m = mask[rows]
-            stats = {"reward": score[rows].mean(), "kl": kl[rows].sum(1).mean(),
-                     "entropy": -(logps[rows] * m).sum() / m.sum(), "length": m.sum(1).mean()}
-            batch.align = Rollout(p[0], p[1], place(advantages), place(returns), weight, stats)
 
     # -- steps ----------------------------------------------------------------------------------------------------
     def micro_batches(self, samples: np.ndarray):

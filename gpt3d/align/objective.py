@@ -12,7 +12,7 @@ import torch
 
 from gpt3d.config.align import PPOConfig
 from gpt3d.config.finetune import VALUE_HEAD
-from gpt3d.finetune.logprobs import full_sequence, token_logprobs
+from gpt3d.finetune.logprobs import full_sequence, token_entropy, token_logprobs
 from gpt3d.finetune.losses import masked_mean_nll
 
 from .losses import policy_loss, value_loss
@@ -45,8 +45,11 @@ def values_of(stage, hidden: torch.Tensor) -> torch.Tensor:
 
 def make_rollout_stats(temperature: float) -> Callable:
     def rollout_stats(stage, hidden, batch) -> torch.Tensor:
-        """[2, rows, seq_len]: the policy's log-probabilities and values at rollout time."""
-        return torch.stack([policy_logps(stage, hidden, batch.labels, temperature), values_of(stage, hidden)]).detach()
+        """[3, rows, seq_len]: the policy's log-probabilities, values and entropies (of logits / temperature) at
+        rollout time."""
+        scaled = hidden if temperature == 1.0 else hidden / temperature
+        return torch.stack([token_logprobs(stage, scaled, batch.labels), values_of(stage, hidden),
+                            token_entropy(stage, scaled)]).detach()
     return rollout_stats
 
 

@@ -22,13 +22,14 @@ def completion_span(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch
 
 def attach_rollouts(batches: list, policy: list[torch.Tensor], reference: list[torch.Tensor],
                     scores: list[torch.Tensor], weight: float, ppo: PPOConfig, group: Group | None) -> None:
-    """Set each micro-batch's `Rollout` from the policy's [2, rows, seq_len] log-probabilities and values, the
+    """Set each micro-batch's `Rollout` from the policy's [3, rows, seq_len] log-probabilities, values and entropies, the
     reference's log-probabilities and the reward model's scores; `group`: the data-parallel replicas."""
     spans = [completion_span(b.labels >= 0, ppo.max_new_tokens) for b in batches]
 
     def completions(tensors):  # [rows, seq_len] per micro-batch -> [all rows, max_new_tokens], 0 past the end
         return torch.cat([x.gather(1, index) * valid for x, (index, valid) in zip(tensors, spans)])
     logps, values = completions([p[0] for p in policy]), completions([p[1] for p in policy])
+    entropy = completions([p[2] for p in policy])
     ref = completions(reference)
     mask = torch.cat([valid for _, valid in spans]).float()
     score = torch.cat(scores)
@@ -44,5 +45,5 @@ def attach_rollouts(batches: list, policy: list[torch.Tensor], reference: list[t
             return torch.zeros_like(p[0]).scatter_add(1, index, x[rows] * valid)
         m = mask[rows]
         stats = {"reward": score[rows].mean(), "kl": kl[rows].sum(1).mean(),
-                 "entropy": -(logps[rows] * m).sum() / m.sum(), "length": m.sum(1).mean()}
+                 "entropy": (entropy[rows] * m).sum() / m.sum(), "length": m.sum(1).mean()}
         batch.align = Rollout(p[0], p[1], place(advantages), place(returns), weight, stats)

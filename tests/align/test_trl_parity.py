@@ -128,6 +128,8 @@ def test_ppo_losses_with_kl_rewards_and_gae_match_trl(tmp_path, tokenizer_dir):
         logits = forward(hf_policy, query_responses, pad).logits[:, context_length - 1:-1]
         logits /= args.temperature + 1e-7
         logprobs = selective_log_softmax(logits, responses)  # 701
+        prob_dist = torch.nn.functional.softmax(logits, dim=-1)  # 855-856: trl's entropy, of the rollout's logits
+        entropy = torch.logsumexp(logits, dim=-1) - torch.sum(prob_dist * logits, dim=-1)
         ref_logits = forward(hf_reference, query_responses, pad).logits[:, context_length - 1:-1]  # 710-711
         ref_logits /= args.temperature + 1e-7  # 712
         ref_logprobs = selective_log_softmax(ref_logits, responses)  # 713
@@ -197,6 +199,7 @@ def test_ppo_losses_with_kl_rewards_and_gae_match_trl(tmp_path, tokenizer_dir):
     torch.testing.assert_close(pick(rollout.advantages), advantages, atol=TOL, rtol=0)
     torch.testing.assert_close(pick(rollout.returns), returns, atol=TOL, rtol=0)
     assert batch.metrics["kl"].item() == pytest.approx(kl.sum(1).mean().item(), abs=TOL)  # trl's objective/kl
+    assert batch.metrics["entropy"].item() == pytest.approx(entropy.mean().item(), abs=TOL)
     assert batch.metrics["policy_loss"].item() == pytest.approx(pg_loss.item(), abs=TOL)
     assert batch.metrics["value_loss"].item() == pytest.approx(vf_loss.item(), abs=TOL)
     assert batch.metrics["clip_fraction"].item() == pytest.approx(pg_clipfrac.item(), abs=TOL)

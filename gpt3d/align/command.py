@@ -1,18 +1,17 @@
 """`gpt3d align CONFIG --policy SFT_CKPT --reward RM_CKPT --prompts FILE.jsonl [--ptx-data PREFIX] [every gpt3d train
 flag]`: PPO-ptx. The flags become config keys (train.objective=ppo, finetune.init_from, finetune.ppo.reward_model,
 finetune.data, finetune.ppo.ptx_data), so a YAML file can say the same; the checkpoints, prompts and pretraining
-data are checked before any rank starts, then `gpt3d train` runs; reward and KL against step are plotted at the end.
+data are checked before any rank starts, then `gpt3d train` runs (which plots reward and KL against step at the end).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from gpt3d.train import command as train_command
 
-PLOT = "reward_kl.png"
+from .plot import PLOT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,20 +78,6 @@ def check(args: argparse.Namespace) -> None:
         build_pretraining(cfg)
 
 
-def write_plot(run_dir: Path) -> Path | None:
-    """Reward and KL against step from the run's metrics.jsonl."""
-    from gpt3d.finetune.plot import write_reward_kl_plot
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        return None
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    records = [r for r in records if "reward" in r]
-    if not records:
-        return None
-    return write_reward_kl_plot([r["step"] for r in records], [r["reward"] for r in records],
-                                [r["kl"] for r in records], run_dir / PLOT, "PPO")
-
-
 def run(args: argparse.Namespace) -> int:
     from gpt3d.checkpoint.errors import CheckpointError
     from gpt3d.config.base import ConfigError
@@ -104,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpt3d align: error: {exc}", file=sys.stderr)
         return 2
     code = train_command.run(args)
-    if code == 0:
-        plot = write_plot(Path(args.out) if args.out else train_command.default_run_dir(args.config))
-        if plot is not None:
-            print(f"gpt3d align: reward and KL against step: {plot}", flush=True)
+    plot = (Path(args.out) if args.out else train_command.default_run_dir(args.config)) / PLOT
+    if code == 0 and plot.exists():
+        print(f"gpt3d align: reward and KL against step: {plot}", flush=True)
     return code

@@ -156,4 +156,7 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
     finally:
         if log is not None:
             log.close()
+    if is_logger and cfg.train.objective == "ppo":  # reward and KL against step (gpt3d/align)
+        from gpt3d.align.plot import write_plot
+        write_plot(run_dir)
     return records

@@ -104,3 +104,23 @@ def test_config_validation():
                                                                  "room for a prompt in train.seq_len=64")):
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             load_config(None, base + override.split())
+
+
+def test_long_prompts_are_cut_from_the_left_with_a_count_or_refused(tmp_path):
+    from gpt3d.align.data import build_prompts, prompt_of
+    from gpt3d.config.finetune import ChatTemplate, ClassifyConfig
+    from gpt3d.data.tokenizer import load_tokenizer
+    from gpt3d.finetune.examples import Encoders
+    long = {"prompt": "abcdef " * 30}
+    data = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "ab"}, long])
+    base = ["preset=tiny-test", *MODEL, f"data.tokenizer_dir={ROOT / 'tokenizer'}", "train.objective=ppo",
+            f"finetune.data={data}", "finetune.init_from=sft", "finetune.ppo.reward_model=rm",
+            "finetune.ppo.max_new_tokens=8"]
+    built = build_prompts(load_config(None, base))["train"]
+    assert (built.examples, built.truncated) == (2, 1)
+    full = Encoders(load_tokenizer(str(ROOT / "tokenizer")), ChatTemplate(), ClassifyConfig()).prompt_ids(long, "")
+    assert prompt_of(built.rows[1]) == full[-56:]  # its end (up to the assistant prefix) kept: 64 - 8 tokens
+    with pytest.raises(ValueError, match=r"long\.jsonl:2: prompt of \d+ tokens \+ finetune.ppo.max_new_tokens=8 "
+                                         r"exceeds train.seq_len=64; shorten it, raise train.seq_len, or set "
+                                         r"finetune.overlong=truncate"):
+        build_prompts(load_config(None, base + ["finetune.overlong=refuse"]))

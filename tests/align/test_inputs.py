@@ -54,6 +54,13 @@ def test_resumed_run_continues_exactly_and_value_head_converts(tmp_path, capsys)
     assert value.shape == (1, 32)
     assert run_cli(["convert", str(tmp_path / "whole"), str(tmp_path / "tp2"), "--tp", "2", "--pp", "2"]) == 0
     assert (Checkpoint(str(tmp_path / "tp2")).read("model/task_heads.value.weight") == value).all()
+    # the aligned policy exports to Hugging Face as the language model (the value head only served training)
+    from transformers import GPT2LMHeadModel
+    assert run_cli(["convert", str(tmp_path / "whole"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert "task_heads.value (PPO's value head) is not part of the exported language model" in capsys.readouterr().out
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf"))
+    wte = ckpt.read("model/embed.tok.weight")[:300]
+    assert (hf.transformer.wte.weight.detach().numpy() == wte).all()
 
 
 def test_bad_input_is_one_error_before_any_rank_starts(tmp_path, capsys):

@@ -21,7 +21,7 @@ from gpt3d.train.loop import global_batch
 from gpt3d.train.runtime import Runtime
 
 from .data import build_pretraining, prompt_of, pretraining_rows, ptx_batch_size, rollout_rows
-from .engine import rollout_engine
+from .engine import replica_group, rollout_engine
 from .objective import METRICS, Pretraining, Rollout, make_reference_logps, make_rollout_stats
 from .rollouts import attach_rollouts
 
@@ -45,16 +45,17 @@ class AlignTrainer(ObjectiveTrainer):
         set_objective(self.reward, reward_scores)
         self.pad_id = tokenizer_for(cfg.data, cfg.data.cache_dir).eod_id
         self.pretraining = build_pretraining(cfg) if ppo.ptx_coef > 0 else None
+        self.replica = replica_group(self.ctx)  # the ranks that share this replica's rollouts
         self.current: tuple[list, list[PackedBatch]] | None = None
 
     # -- rollouts -------------------------------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], iteration: int):
-        """Every prompt of the global batch, sampled by the current policy (each data-parallel replica samples the
-        same completions: the sampling noise is a function of (seed, request, token) only)."""
-        engine = rollout_engine(self.chunks[0], self.ctx, self.cfg.model)
+    def generate(self, prompts: list[list[int]], first: int, iteration: int):
+        """This replica's prompts (global batch positions first, first + 1, ...) sampled by the current policy; the
+        sampling noise is a function of (seed, step, batch position, token) only, so no layout changes a token."""
+        engine = rollout_engine(self.chunks[0], self.ctx, self.cfg.model, self.replica)
         sampling = SamplingConfig(max_new_tokens=self.ppo.max_new_tokens, temperature=self.ppo.temperature,
                                   seed=self.cfg.train.seed * 1_000_003 + iteration, eos_token_id=self.pad_id)
-        return engine.generate(prompts, sampling)
+        return engine.generate(prompts, sampling, request_ids=range(first, first + len(prompts)))
 
     def forward_only(self, chunks, batches: list[PackedBatch], d_model: int) -> list[torch.Tensor]:
         """The last stage's objective outputs of a frozen pass over `batches` (empty on other stages)."""
@@ -67,11 +68,11 @@ class AlignTrainer(ObjectiveTrainer):
         return runner.losses
 
     def rollouts(self, samples: np.ndarray, iteration: int) -> tuple[list, list[PackedBatch]]:
-        prompts = [prompt_of(row) for row in samples]
-        completions = [c.tokens for c in self.generate(prompts, iteration)]
-        per_dp, mb = len(prompts) // self.ctx.layout.dp, self.cfg.train.micro_batch_size
-        mine = slice(self.ctx.dp_rank * per_dp, (self.ctx.dp_rank + 1) * per_dp)
-        rows = rollout_rows(prompts[mine], completions[mine], self.cfg.train.seq_len, self.pad_id)
+        per_dp, mb = len(samples) // self.ctx.layout.dp, self.cfg.train.micro_batch_size
+        first = self.ctx.dp_rank * per_dp
+        prompts = [prompt_of(row) for row in samples[first:first + per_dp]]
+        completions = [c.tokens for c in self.generate(prompts, first, iteration)]
+        rows = rollout_rows(prompts, completions, self.cfg.train.seq_len, self.pad_id)
         batches = [PackedBatch.from_rows(rows[i:i + mb], self.ctx.device) for i in range(0, per_dp, mb)]
         for chunk in self.chunks:
             chunk.eval()

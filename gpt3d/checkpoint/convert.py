@@ -196,6 +196,16 @@ def _torch_state_dict(source) -> dict:
             for n in source.tensors if n.startswith("model/")}
 
 
+def _language_model(sd: dict, model_cfg) -> tuple[dict, object]:
+    """A PPO policy (`gpt3d align`) exports as the language model it is: its value head only served training."""
+    import dataclasses
+    if set(model_cfg.task_heads) != {"value"}:
+        return sd, model_cfg
+    print("gpt3d convert: task_heads.value (PPO's value head) is not part of the exported language model", flush=True)
+    return ({k: v for k, v in sd.items() if not k.startswith("task_heads.")},
+            dataclasses.replace(model_cfg, task_heads={}))
+
+
 def _import_foreign(args) -> tuple[ArraySource, object]:
     """(source of model/<name> arrays, ModelConfig) for --from hf|megatron|deepspeed."""
     kind = args.from_format
@@ -263,7 +273,7 @@ def convert(args) -> Path:
             write_gpt3d(source, model_cfg, layout, tmp, meta, progress, rng)
         elif args.to_format == "hf":
             from gpt3d.interop.hf import save_hf_pretrained
-            save_hf_pretrained(_torch_state_dict(source), model_cfg, str(tmp))
+            save_hf_pretrained(*_language_model(_torch_state_dict(source), model_cfg), str(tmp))
         else:
             from gpt3d.interop.megatron import save_megatron
             step = meta_base["step"]

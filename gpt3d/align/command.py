@@ -58,9 +58,10 @@ def check_reward_model(cfg) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Everything an alignment run needs, checked in this process (errors name the file, line or tensor)."""
+    from gpt3d.config.base import ConfigError
     from gpt3d.finetune.weights import check_init_checkpoint
 
-    from .data import build_pretraining, build_prompts
+    from .data import build_pretraining, build_prompts, ptx_batch_size
     cfg = train_command.config_from_args(args)
     ppo = cfg.finetune.ppo
     fresh = check_init_checkpoint(cfg.finetune.init_from, cfg.model, "--policy")
@@ -75,6 +76,11 @@ def check(args: argparse.Namespace) -> None:
     print(f"gpt3d align: {prompts.examples} prompts{note}; {ppo.max_new_tokens} new tokens per rollout, "
           f"{ppo.epochs} PPO epochs per step", flush=True)
     if ppo.ptx_coef > 0:
+        size, per_rank = ptx_batch_size(cfg), cfg.train.micro_batch_size * (cfg.parallel.dp or 1)
+        if size % per_rank:
+            raise ConfigError(f"finetune.ppo.ptx_batch_size: {size} pretraining sequences do not split into "
+                              f"micro-batches of {cfg.train.micro_batch_size} on {cfg.parallel.dp or 1} data-parallel "
+                              f"ranks; use a multiple of {per_rank}")
         build_pretraining(cfg)
 
 

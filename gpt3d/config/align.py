@@ -68,6 +68,9 @@ class PPOConfig:
         require(cfg.train.eval_interval == 0, "train.eval_interval",
                 "PPO has no validation loss (reward and KL are logged every step): set train.eval_interval=0")
         require(cfg.train.dtype == "fp32", "train.dtype", "PPO runs in fp32 here: set train.dtype=fp32")
+        require(self.ptx_batch_size % cfg.train.micro_batch_size == 0, "finetune.ppo.ptx_batch_size",
+                f"{self.ptx_batch_size} pretraining sequences do not split into micro-batches of "
+                f"train.micro_batch_size={cfg.train.micro_batch_size}; use a multiple of it (per data-parallel rank)")
         need = self.max_new_tokens + 1
         require(cfg.train.seq_len >= need, "finetune.ppo.max_new_tokens",
                 f"{self.max_new_tokens} new tokens leave no room for a prompt in train.seq_len={cfg.train.seq_len}")

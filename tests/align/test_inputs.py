@@ -86,6 +86,11 @@ def test_bad_input_is_one_error_before_any_rank_starts(tmp_path, capsys):
     # ptx without its data
     err = refused(bad, "--set", "finetune.ppo.ptx_coef=1")
     assert "finetune.ppo.ptx_data: ptx_coef=1.0 mixes in pretraining gradients: pass --ptx-data PREFIX" in err
+    # a ptx batch that does not split into the data-parallel ranks' micro-batches
+    err = refused(bad, "--ptx-data", str(ROOT / "ptx"), "--set", "finetune.ppo.ptx_coef=1", "--set",
+                  "finetune.ppo.ptx_batch_size=2", "--dp", "2")
+    assert "finetune.ppo.ptx_batch_size: 2 pretraining sequences do not split into micro-batches of 2 on 2 " \
+           "data-parallel ranks; use a multiple of 4" in err
     # the same run as config keys through `gpt3d train` gets the reward model check too
     code = run_cli(["train", *common(), "--set", "train.objective=ppo", "--set", f"finetune.data={ROOT / 'prompts.jsonl'}",
                     "--set", f"finetune.init_from={ROOT / 'policy'}", "--set",
@@ -107,6 +112,8 @@ def test_config_validation():
                               ("parallel.pp=2 parallel.vp=2", "parallel.vp: rollouts run in the pipeline layout"),
                               ("finetune.ppo.ptx_data=x", "finetune.ppo.ptx_coef: --ptx-data is given but ptx_coef "
                                                           "is 0"),
+                              ("finetune.ppo.ptx_batch_size=3 train.micro_batch_size=2",
+                               "finetune.ppo.ptx_batch_size: 3 pretraining sequences do not split"),
                               ("finetune.ppo.max_new_tokens=64", "finetune.ppo.max_new_tokens: 64 new tokens leave no "
                                                                  "room for a prompt in train.seq_len=64")):
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from gpt3d.align.engine import replica_group, rollout_engine  # noqa: E402
+from gpt3d.align.engine import rollout_engine  # noqa: E402
 from gpt3d.config import load_config  # noqa: E402
 from gpt3d.config.generate import SamplingConfig  # noqa: E402
 from gpt3d.interop.hf import hf_config_from_model_config, state_dict_to_hf  # noqa: E402
@@ -44,7 +44,6 @@ def main() -> None:
     cfg = load_config(None, MODEL)
     policy = build_gpt(cfg.model, 0).eval()
     ctx = single_process_context()
-    replica = replica_group(ctx)
     hf = GPT2LMHeadModel(hf_config_from_model_config(cfg.model))
     sd = {k: v for k, v in policy.state_dict().items() if not k.startswith("task_heads.")}
     hf.load_state_dict(state_dict_to_hf(sd, cfg.model), strict=False)
@@ -54,7 +53,7 @@ def main() -> None:
     sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=1.0, seed=1)
 
     def gpt3d_rollout() -> int:
-        engine = rollout_engine(policy, ctx, cfg.model, replica)  # the weight copy is part of every PPO step's rollout
+        engine = rollout_engine(policy, ctx, cfg.model)  # the weight copy is part of every PPO step's rollout
         out = engine.generate(prompts.tolist(), sampling)
         return sum(len(c.tokens) for c in out)
 

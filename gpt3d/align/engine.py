@@ -8,7 +8,8 @@ import torch.distributed as dist
 from torch import nn
 
 from gpt3d.config.model import ModelConfig
-from gpt3d.inference import Completion, InferenceEngine
+from gpt3d.config.generate import SamplingConfig
+from gpt3d.inference import InferenceEngine
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import param_full_name
 from gpt3d.parallel.context import Group, ParallelContext
@@ -21,23 +22,29 @@ def replica_group(ctx: ParallelContext) -> Group:
                                         for d in range(L.dp)])
 
 
-class RolloutEngine(InferenceEngine):
-    def __init__(self, stage: GPTStage, ctx: ParallelContext, cfg: ModelConfig, replica: Group):
-        super().__init__(stage, ctx, cfg)
-        self.replica = replica
-
-    def _share(self, rows: list[Completion]) -> list[Completion]:
-        """The last stage's completions on every rank of this replica."""
-        if self.replica.size == 1:
-            return rows
-        L = self.ctx.layout
-        src = L.rank_of(0, self.ctx.dp_rank, L.pp - 1)
-        box = [rows if self.ctx.rank == src else None]
-        dist.broadcast_object_list(box, src=src, group=self.replica.pg)
-        return box[0]
+def share_in_replica(ctx: ParallelContext, replica: Group, obj):
+    """`obj` as this replica's first rank of the last pipeline stage holds it, on every rank of the replica."""
+    if replica.size == 1:
+        return obj
+    L = ctx.layout
+    src = L.rank_of(0, ctx.dp_rank, L.pp - 1)
+    box = [obj if ctx.rank == src else None]
+    dist.broadcast_object_list(box, src=src, group=replica.pg)
+    return box[0]
 
 
-def rollout_engine(chunk: nn.Module, ctx: ParallelContext, cfg: ModelConfig, replica: Group) -> RolloutEngine:
+def sample(engine: InferenceEngine, replica: Group, prompts: list[list[int]], sampling: SamplingConfig,
+           request_ids: range) -> list[list[int]]:
+    """This replica's completions (token ids), on every rank of the replica. The engine's own result is shared from
+    one replica; each replica's last stage collects its completions as they finish and shares them in the replica."""
+    finished: dict[int, list[int]] = {}
+    engine.generate(prompts, sampling, request_ids=request_ids,
+                    on_complete=lambda c: finished.__setitem__(c.index, list(c.tokens)))
+    mine = [finished[i] for i in request_ids] if engine.stage.last else None
+    return share_in_replica(engine.ctx, replica, mine)
+
+
+def rollout_engine(chunk: nn.Module, ctx: ParallelContext, cfg: ModelConfig) -> InferenceEngine:
     """An engine whose stage holds the same layers and tensor-parallel shards as `chunk` (vp = 1), weights copied."""
     from gpt3d.inference.loading import _region, fill_stage
     from gpt3d.parallel.random import RNGTracker, StreamContext
@@ -53,4 +60,4 @@ def rollout_engine(chunk: nn.Module, ctx: ParallelContext, cfg: ModelConfig, rep
         assert (start, size) == _region(param), f"{name}: inference shard {start}+{size} is not the training shard"
         return param.detach().clone()
     dtype = next(chunk.parameters()).dtype
-    return RolloutEngine(fill_stage(stage, read, dtype, ctx.device), ctx, cfg, replica)
+    return InferenceEngine(fill_stage(stage, read, dtype, ctx.device), ctx, cfg)

@@ -21,7 +21,7 @@ from gpt3d.train.loop import global_batch
 from gpt3d.train.runtime import Runtime
 
 from .data import build_pretraining, prompt_of, pretraining_rows, ptx_batch_size, rollout_rows
-from .engine import replica_group, rollout_engine
+from .engine import replica_group, rollout_engine, sample
 from .objective import METRICS, Pretraining, Rollout, make_reference_logps, make_rollout_stats
 from .rollouts import attach_rollouts
 
@@ -52,10 +52,10 @@ class AlignTrainer(ObjectiveTrainer):
     def generate(self, prompts: list[list[int]], first: int, iteration: int):
         """This replica's prompts (global batch positions first, first + 1, ...) sampled by the current policy; the
         sampling noise is a function of (seed, step, batch position, token) only, so no layout changes a token."""
-        engine = rollout_engine(self.chunks[0], self.ctx, self.cfg.model, self.replica)
+        engine = rollout_engine(self.chunks[0], self.ctx, self.cfg.model)
         sampling = SamplingConfig(max_new_tokens=self.ppo.max_new_tokens, temperature=self.ppo.temperature,
                                   seed=self.cfg.train.seed * 1_000_003 + iteration, eos_token_id=self.pad_id)
-        return engine.generate(prompts, sampling, request_ids=range(first, first + len(prompts)))
+        return sample(engine, self.replica, prompts, sampling, range(first, first + len(prompts)))
 
     def forward_only(self, chunks, batches: list[PackedBatch], d_model: int) -> list[torch.Tensor]:
         """The last stage's objective outputs of a frozen pass over `batches` (empty on other stages)."""
@@ -71,7 +71,7 @@ class AlignTrainer(ObjectiveTrainer):
         per_dp, mb = len(samples) // self.ctx.layout.dp, self.cfg.train.micro_batch_size
         first = self.ctx.dp_rank * per_dp
         prompts = [prompt_of(row) for row in samples[first:first + per_dp]]
-        completions = [c.tokens for c in self.generate(prompts, first, iteration)]
+        completions = self.generate(prompts, first, iteration)
         rows = rollout_rows(prompts, completions, self.cfg.train.seq_len, self.pad_id)
         batches = [PackedBatch.from_rows(rows[i:i + mb], self.ctx.device) for i in range(0, per_dp, mb)]
         for chunk in self.chunks:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gpt3d.model import ops
 from gpt3d.model.gpt import GPTStage
 from gpt3d.parallel import comm
 
@@ -28,8 +29,22 @@ def embed_tokens(stage: GPTStage, ids: torch.Tensor, positions: torch.Tensor) ->
     return tokens + embed.pos.weight[positions.clamp(min=0)]
 
 
+def _linear(module, x: torch.Tensor) -> torch.Tensor:
+    """module(x), or with a oneDNN-prepacked bf16 CPU weight (gpt3d/inference/loading.py) that GEMM: same numbers."""
+    packed = getattr(module, "packed_weight", None)
+    if packed is None:
+        return module(x)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+
+
+def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+    if getattr(mlp.fc1, "packed_weight", None) is None:
+        return mlp(x)
+    return _linear(mlp.fc2, ops.gelu(_linear(mlp.fc1, x), mlp.activation))
+
+
 def attention(attn, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-    qkv = attn.qkv(x)
+    qkv = _linear(attn.qkv, x)
     b, s, _ = qkv.shape
     heads = qkv.shape[-1] // (3 * attn.d_head)
     q, k, v = qkv.view(b, s, heads, 3, attn.d_head).permute(3, 0, 2, 1, 4).unbind(0)
@@ -42,7 +57,7 @@ def attention(attn, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor
         ctx = torch.matmul(probs, values.float()).to(q.dtype)
     else:
         ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-    return attn.proj(ctx.transpose(1, 2).reshape(b, s, heads * attn.d_head))
+    return _linear(attn.proj, ctx.transpose(1, 2).reshape(b, s, heads * attn.d_head))
 
 
 def _norm(ln, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +67,7 @@ def _norm(ln, x: torch.Tensor) -> torch.Tensor:
 def block_forward(block, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
     """Block.forward (pre-LN, no dropout at inference) with the cached attention."""
     x = x + attention(block.attn, _norm(block.ln1, x), cache, layer).to(x.dtype)
-    return x + block.mlp(_norm(block.ln2, x))
+    return x + _mlp(block.mlp, _norm(block.ln2, x))
 
 
 def local_logits(stage: GPTStage, hidden: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,7 @@ struct VecPortable {
 inline VecPortable operator+(VecPortable a, VecPortable b) { return {a.v + b.v}; }
 inline VecPortable operator-(VecPortable a, VecPortable b) { return {a.v - b.v}; }
 inline VecPortable operator*(VecPortable a, VecPortable b) { return {a.v * b.v}; }
+inline VecPortable fmadd(VecPortable a, VecPortable b, VecPortable c) { return a * b + c; }  // no FMA in the baseline
 
 }  // namespace
 }  // namespace gpt3d
@@ -134,6 +135,7 @@ struct VecPortable {
 inline VecPortable operator+(VecPortable a, VecPortable b) { return {a.v + b.v}; }
 inline VecPortable operator-(VecPortable a, VecPortable b) { return {a.v - b.v}; }
 inline VecPortable operator*(VecPortable a, VecPortable b) { return {a.v * b.v}; }
+inline VecPortable fmadd(VecPortable a, VecPortable b, VecPortable c) { return a * b + c; }  // no FMA in the baseline
 
 }  // namespace
 }  // namespace gpt3d

@@ -54,7 +54,7 @@ def report(title: str, cfg, stages: list[int]) -> None:
                  for k in COMPARED]
         total = r.peak.total + c.nccl
         print(f"{stage:>5} " + " ".join(f"{x:>18}" for x in cells) + f" {c.dry['temporaries'] / GiB:18.2f}"
-              f" {total / GiB:10.2f} {(sum(c.planned.values()) + c.nccl) / GiB:8.2f}"
+              f" {total / GiB:10.2f} {(c.planned_peak + c.nccl) / GiB:8.2f}"
               f" {'yes' if total <= capacity else 'NO':>5} {r.seconds:5.0f}", flush=True)
 
 

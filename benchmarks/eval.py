@@ -20,26 +20,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from gpt3d.eval.lm_eval_tasks import local_task_yaml  # noqa: E402
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 WORDS = ["red", "blue", "green", "black", "cat", "dog", "fox", "bird", "tree", "lake", "river", "stone", "house",
          "road", "book", "page", "line", "word", "file", "list"]
-TASK = """task: gpt3d_bench_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    train: {train}
-    test: {test}
-training_split: train
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{gold}}}}"
-metric_list:
-  - metric: acc
-"""
 
 
 def write_task(root: Path, docs: int) -> Path:
@@ -52,7 +39,8 @@ def write_task(root: Path, docs: int) -> Path:
                                      "gold": rng.randrange(4)}) + "\n")
     tasks = root / "tasks"
     tasks.mkdir()
-    (tasks / "mc.yaml").write_text(TASK.format(train=root / "train.jsonl", test=root / "test.jsonl"))
+    (tasks / "mc.yaml").write_text(local_task_yaml("gpt3d_bench_mc", {"train": root / "train.jsonl",
+                                                                   "test": root / "test.jsonl"}))
     return tasks
 
 

@@ -23,6 +23,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                   *lazy("gpt3d.train.command")),
         "finetune": ("fine-tune from a checkpoint: SFT, GPT-1 classification, reward model or DPO (every train flag)",
                      *lazy("gpt3d.finetune.command")),
+        "align": ("PPO-ptx from an SFT policy against a reward model (InstructGPT; every train flag)",
+                  *lazy("gpt3d.align.command")),
         "preprocess": ("tokenise text/JSONL into a Megatron-format indexed dataset (PREFIX.bin + PREFIX.idx)",
                        *lazy("gpt3d.data.preprocess")),
         "plan": ("predict throughput and memory of layouts for a GPU cluster and rank them", *lazy("gpt3d.planner.cli")),

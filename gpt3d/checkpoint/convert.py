@@ -78,7 +78,7 @@ def target_config(config: dict, layout: TargetLayout) -> dict:
     out = copy.deepcopy(config)
     par = out.setdefault("parallel", {})
     old_stages = (par.get("pp", 1), par.get("vp", 1))
-    par.update({"tp": layout.tp, "pp": layout.pp, "vp": layout.vp, "dp": layout.dp})
+    par.update({"tp": layout.tp, "pp": layout.pp, "vp": layout.vp, "dp": layout.dp, "schedule": layout.schedule})
     if layout.pipeline_split is not None:
         par["pipeline_split"] = list(layout.pipeline_split)
     elif old_stages != (layout.pp, layout.vp):
@@ -130,18 +130,39 @@ def write_gpt3d(source, model_cfg, layout: TargetLayout, out_dir: Path, meta: di
     write_metadata(out_dir, {**meta, "files": files, "tensors": tensors})
 
 
-def _layout_from(args, base: dict) -> TargetLayout:
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbh1", "zbv")
+ONE_CHUNK = ("gpipe", "1f1b", "zbh1")
+
+
+def _layout_from(args, base: dict, base_schedule: str = "1f1b") -> TargetLayout:
+    """The target layout: each flag given, else the source's. A new --schedule brings its own chunks per rank (zbv 2,
+    gpipe/1f1b/zbh1 1, interleaved the source's vp if > 1, else 2) unless --vp is given; 1f1b with vp > 1 is the
+    interleaved schedule (as in parallel.schedule), interleaved with vp 1 is 1f1b."""
     def pick(flag, key, default=1):
         value = getattr(args, flag, None)
         return value if value is not None else (base.get(key) or default)
     split = base.get("pipeline_split")
-    tp, pp, vp, dp = pick("tp", "tp"), pick("pp", "pp"), pick("vp", "vp"), pick("dp", "dp")
+    tp, pp, dp = pick("tp", "tp"), pick("pp", "pp"), pick("dp", "dp")
+    source_schedule = base.get("schedule") or base_schedule
+    schedule = getattr(args, "schedule", None) or source_schedule
+    vp = getattr(args, "vp", None)
+    if vp is None:
+        if schedule == source_schedule:
+            vp = base.get("vp") or 1
+        else:
+            vp = 2 if schedule == "zbv" else 1 if schedule in ONE_CHUNK else max(base.get("vp") or 1, 2)
+    if schedule == "1f1b" and vp > 1:
+        schedule = "interleaved"
+    elif schedule == "interleaved" and vp == 1 and getattr(args, "schedule", None) is None:
+        schedule = "1f1b"
     if (pp, vp) != (base.get("pp", 1), base.get("vp", 1)):
         split = None
     for flag, value in (("tp", tp), ("pp", pp), ("vp", vp), ("dp", dp)):
         if value < 1:
             raise CheckpointError(f"--{flag} {value}: must be >= 1")
-    return TargetLayout(tp, pp, dp, vp, tuple(split) if split else None)
+    if schedule not in SCHEDULES:
+        raise CheckpointError(f"--schedule {schedule}: unknown; choose one of {', '.join(SCHEDULES)}")
+    return TargetLayout(tp, pp, dp, vp, tuple(split) if split else None, schedule)
 
 
 def _fresh_trainer_state(cfg: dict) -> dict:
@@ -173,6 +194,16 @@ def _torch_state_dict(source) -> dict:
     import torch
     return {n[len("model/"):]: torch.from_numpy(np.ascontiguousarray(source.read(n)))
             for n in source.tensors if n.startswith("model/")}
+
+
+def _language_model(sd: dict, model_cfg) -> tuple[dict, object]:
+    """A PPO policy (`gpt3d align`) exports as the language model it is: its value head only served training."""
+    import dataclasses
+    if set(model_cfg.task_heads) != {"value"}:
+        return sd, model_cfg
+    print("gpt3d convert: task_heads.value (PPO's value head) is not part of the exported language model", flush=True)
+    return ({k: v for k, v in sd.items() if not k.startswith("task_heads.")},
+            dataclasses.replace(model_cfg, task_heads={}))
 
 
 def _import_foreign(args) -> tuple[ArraySource, object]:
@@ -224,23 +255,25 @@ def convert(args) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         if args.to_format == "gpt3d":
-            layout = _layout_from(args, base_layout)
+            layout = _layout_from(args, base_layout, config.get("parallel", {}).get("schedule") or "1f1b")
             check_layout(model_cfg, layout)
             rng = {}
-            same = all(base_layout.get(k) == getattr(layout, k) for k in ("tp", "pp", "dp", "vp"))
+            same = all(base_layout.get(k) == getattr(layout, k) for k in ("tp", "pp", "dp", "vp")) and (
+                layout.schedule == (base_layout.get("schedule") or config.get("parallel", {}).get("schedule")))
             if same and isinstance(source, Checkpoint):
                 for n in source.names("rng/"):
                     rng[n] = source.tensors[n]["pieces"][0]["file"]
             config = target_config(config, layout)
             meta = {**meta_base, "config": config,
                     "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "vp": layout.vp,
+                               "schedule": layout.schedule,
                                "distributed_optimizer": bool(config.get("parallel", {}).get("distributed_optimizer")),
                                "pipeline_split": list(layout.pipeline_split) if layout.pipeline_split else None},
                     "converted_from": {"path": str(src), "format": args.from_format, "layout": base_layout}}
             write_gpt3d(source, model_cfg, layout, tmp, meta, progress, rng)
         elif args.to_format == "hf":
             from gpt3d.interop.hf import save_hf_pretrained
-            save_hf_pretrained(_torch_state_dict(source), model_cfg, str(tmp))
+            save_hf_pretrained(*_language_model(_torch_state_dict(source), model_cfg), str(tmp))
         else:
             from gpt3d.interop.megatron import save_megatron
             step = meta_base["step"]
@@ -264,6 +297,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dst", help="new directory to write (never overwritten)")
     for flag, what in (("tp", "tensor"), ("pp", "pipeline"), ("vp", "virtual pipeline"), ("dp", "data")):
         parser.add_argument(f"--{flag}", type=int, help=f"target {what}-parallel degree (default: the source's)")
+    parser.add_argument("--schedule", choices=SCHEDULES,
+                        help="target pipeline schedule (default: the source's); it decides which rank holds which "
+                             "stage (zbv: a V, 2 chunks per rank)")
     parser.add_argument("--from", dest="from_format", choices=FORMATS_IN, default="gpt3d", help="source format")
     parser.add_argument("--to", dest="to_format", choices=FORMATS_OUT, default="gpt3d", help="target format")
     parser.add_argument("--megatron-format", choices=("legacy", "torch_dist"), default="torch_dist",

@@ -23,6 +23,7 @@ def describe(ckpt: Checkpoint, show_config: bool) -> str:
     L, T = ckpt.layout, ckpt.trainer
     lines = [f"checkpoint {ckpt.path}",
              f"  step {ckpt.step}   layout tp={L['tp']} pp={L['pp']} dp={L['dp']} vp={L['vp']}"
+             f"{' schedule ' + L['schedule'] if L.get('schedule') and L['pp'] > 1 else ''}"
              f"{' distributed-optimizer' if L.get('distributed_optimizer') else ''}"
              f"   files {len(ckpt.files)}   {_size(ckpt.nbytes())}",
              f"  optimizer {T.get('optimizer', {})}",

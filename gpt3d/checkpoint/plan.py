@@ -2,8 +2,9 @@
 
 Mirrors gpt3d/parallel (tests/checkpoint checks it against real trainers): TP shards are contiguous chunks along
 one dim (column-parallel qkv/fc1 and the vocabulary matrices split dim 0, row-parallel proj/fc2 weights split dim 1),
-pipeline stage s = c * pp + r holds the layers of stage_layer_ids and lives on pp rank r; the embedding is on the
-first stage, the final LayerNorm (and an untied head) on the last.
+pipeline stage s holds the layers of stage_layer_ids and lives on pp rank stage_rank(s): r for s = c * pp + r, except
+under ZB-V, whose V puts stages r and 2pp-1-r on rank r (gpt3d/parallel/pipeline/schedules.py, v_placement); the
+embedding is on the first stage, the final LayerNorm (and an untied head) on the last (rank 0 under ZB-V).
 """
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ class TargetLayout:
     dp: int = 1
     vp: int = 1
     pipeline_split: Optional[tuple[int, ...]] = None
+    schedule: str = "1f1b"  # decides which rank holds which stage (ZB-V: a V); see stage_rank
+
+
+def stage_rank(stage: int, layout: TargetLayout) -> int:
+    """The pp rank holding (virtual) pipeline stage `stage` of `layout` (mirrors schedules.placement_for, without
+    importing the torch side of gpt3d)."""
+    pp = layout.pp
+    if layout.schedule == "zbv":
+        return stage if stage < pp else 2 * pp - 1 - stage
+    return stage % pp
 
 
 def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -88,6 +99,14 @@ def check_layout(cfg: ModelConfig, layout: TargetLayout) -> None:
                             f"summing to n_layers={cfg.n_layers}")
     if layout.vp > 1 and layout.pp == 1:
         problems.append("vp > 1 needs pp > 1")
+    if layout.schedule == "zbv" and (layout.vp != 2 or layout.pp < 2):
+        problems.append(f"schedule zbv runs exactly 2 model chunks per rank on pp >= 2 ranks, got pp={layout.pp} "
+                        f"vp={layout.vp}")
+    if layout.schedule in ("gpipe", "1f1b", "zbh1") and layout.vp != 1:
+        problems.append(f"schedule {layout.schedule} runs one model chunk per rank, got vp={layout.vp} (vp > 1 "
+                        f"needs --schedule interleaved or zbv)")
+    if layout.schedule == "interleaved" and layout.vp < 2:
+        problems.append("schedule interleaved needs vp >= 2")
     if problems:
         raise CheckpointError(f"layout tp={t} pp={layout.pp} vp={layout.vp}: {'; '.join(problems)}; "
                               f"choose degrees that divide the model")
@@ -95,17 +114,17 @@ def check_layout(cfg: ModelConfig, layout: TargetLayout) -> None:
 
 def owner_stage_ranks(cfg: ModelConfig, layout: TargetLayout) -> dict[str, int]:
     """Full parameter name -> the pp rank holding it (the tied head copy on the last stage is not a separate entry)."""
-    owner = {"embed.tok.weight": 0, "embed.pos.weight": 0, "final_ln.weight": layout.pp - 1,
-             "final_ln.bias": layout.pp - 1}
+    last = stage_rank(layout.pp * layout.vp - 1, layout)
+    owner = {"embed.tok.weight": 0, "embed.pos.weight": 0, "final_ln.weight": last, "final_ln.bias": last}
     if not cfg.tie_embeddings:
-        owner["head.weight"] = layout.pp - 1
+        owner["head.weight"] = last
     for s, layers in enumerate(stage_layers(cfg.n_layers, layout.pp, layout.vp, layout.pipeline_split)):
         for i in layers:
-            owner[f"blocks.{i}"] = s % layout.pp
+            owner[f"blocks.{i}"] = stage_rank(s, layout)
     out = {}
     for name in model_shapes(cfg):
         key = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else name
-        out[name] = layout.pp - 1 if name.startswith("task_heads.") else owner[key]
+        out[name] = last if name.startswith("task_heads.") else owner[key]
     return out
 
 

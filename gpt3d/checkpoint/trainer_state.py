@@ -130,6 +130,7 @@ def trainer_metadata(trainer, step: int) -> dict:
     return {
         "step": step,
         "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "vp": layout.vp,
+                   "schedule": cfg.parallel.schedule,  # which rank holds which stage (ZB-V: a V)
                    "distributed_optimizer": bool(cfg.parallel.distributed_optimizer),
                    "pipeline_split": cfg.parallel.pipeline_split},
         "config": cfg.to_dict(),
@@ -280,8 +281,10 @@ def _fill_from_params(trainer, state, buf: torch.Tensor, region_of_param) -> Non
 
 
 def _same_layout(ckpt: Checkpoint, trainer) -> bool:
+    """Same degrees and the same stage placement (ZB-V places stages in a V): each rank's RNG streams carry over."""
     L, l = ckpt.layout, trainer.ctx.layout
-    return (L["tp"], L["pp"], L["dp"], L["vp"]) == (l.tp, l.pp, l.dp, l.vp)
+    schedule = L.get("schedule") or ckpt.config.get("parallel", {}).get("schedule", "1f1b")
+    return (L["tp"], L["pp"], L["dp"], L["vp"], schedule) == (l.tp, l.pp, l.dp, l.vp, trainer.cfg.parallel.schedule)
 
 
 @torch.no_grad()

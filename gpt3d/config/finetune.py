@@ -1,6 +1,6 @@
 """Fine-tuning and alignment config: the data file, the checkpoint to start from, and one sub-config per objective.
 
-`train.objective` picks the objective (pretrain, sft, classify, reward, dpo); this section holds what the
+`train.objective` picks the objective (pretrain, sft, classify, reward, dpo, ppo); this section holds what the
 fine-tuning objectives need. See docs/finetune-and-align.md.
 """
 from __future__ import annotations
@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from .align import PPOConfig
 from .base import field, require
 
-OBJECTIVES = ("pretrain", "sft", "classify", "reward", "dpo")
+OBJECTIVES = ("pretrain", "sft", "classify", "reward", "dpo", "ppo")
 # The extra output heads (name -> width) an objective adds to the last pipeline stage.
-CLASSIFY_HEAD, REWARD_HEAD = "classify", "reward"
+CLASSIFY_HEAD, REWARD_HEAD, VALUE_HEAD = "classify", "reward", "value"
 
 
 @dataclass
@@ -74,6 +75,7 @@ class FinetuneConfig:
     sft: SFTConfig = field(default_factory=SFTConfig, doc="supervised fine-tuning")
     classify: ClassifyConfig = field(default_factory=ClassifyConfig, doc="GPT-1 classification fine-tuning")
     dpo: DPOConfig = field(default_factory=DPOConfig, doc="DPO")
+    ppo: PPOConfig = field(default_factory=PPOConfig, doc="PPO-ptx (`gpt3d align`)")
 
     def heads(self, objective: str) -> dict[str, int]:
         """The extra heads (name -> output width) `objective` trains."""
@@ -82,12 +84,15 @@ class FinetuneConfig:
             return {CLASSIFY_HEAD: width}
         if objective == "reward":
             return {REWARD_HEAD: 1}
+        if objective == "ppo":
+            return {VALUE_HEAD: 1}  # PPO's value function, on the policy's final hidden states
         return {}
 
     def check_run(self, objective: str, model) -> None:
         """What a fine-tuning objective needs from the rest of the run config."""
         require(self.data is not None, "finetune.data",
-                f"train.objective={objective} reads a JSONL file of examples; pass --data FILE.jsonl")
+                f"train.objective={objective} reads a JSONL file of examples; pass "
+                f"{'--prompts' if objective == 'ppo' else '--data'} FILE.jsonl")
         require(model.attention_pattern == "dense", "model.attention_pattern",
                 f"train.objective={objective} packs examples with per-example attention masks, which the "
                 f"block-sparse layers do not take; use model.attention_pattern=dense")

@@ -47,6 +47,8 @@ class RunConfig:
         if self.train.objective != "pretrain":
             self.finetune.check_run(self.train.objective, self.model)
             self.model.task_heads = self.finetune.heads(self.train.objective)
+        if self.train.objective == "ppo":
+            self.finetune.ppo.check_run(self)
         if self.parallel.pipeline_split is not None:
             require(sum(self.parallel.pipeline_split) == self.model.n_layers, "parallel.pipeline_split",
                     f"sums to {sum(self.parallel.pipeline_split)} layers; the model has {self.model.n_layers}")

@@ -9,9 +9,9 @@ from .base import field, require
 
 @dataclass
 class TrainConfig:
-    objective: Literal["pretrain", "sft", "classify", "reward", "dpo"] = field(
-        "pretrain", doc="what the loss is: pretrain (next token); sft, classify, reward, dpo read finetune.data "
-                        "(see the finetune section and docs/finetune-and-align.md)")
+    objective: Literal["pretrain", "sft", "classify", "reward", "dpo", "ppo"] = field(
+        "pretrain", doc="what the loss is: pretrain (next token); sft, classify, reward, dpo read finetune.data; ppo "
+                        "(`gpt3d align`) reads prompts there (see the finetune section and docs/finetune-and-align.md)")
     steps: int = field(300, doc="optimizer steps")
     global_batch_size: int = field(8, doc="sequences per optimizer step (= micro_batch * micro-batches * dp)")
     micro_batch_size: int = field(8, doc="sequences per forward/backward on one rank")

@@ -100,7 +100,7 @@ def render(cfg, dp: int, results: list[DryRunResult], gpu) -> str:
         total = fit_total(r, c.nccl)
         dry = [c.dry[k] / GiB for k in COMPARED] + [c.dry["temporaries"] / GiB, c.nccl / GiB, total / GiB]
         plan = [c.planned[k] / GiB for k in COMPARED] + [float("nan"), c.nccl / GiB,
-                                                          (sum(c.planned.values()) + c.nccl) / GiB]
+                                                          (c.planned_peak + c.nccl) / GiB]
         lines.append(f"{r.rank:>5} {r.coords[2]:>5} {'dry run':8}" + "".join(f"{v:12.2f}" for v in dry)
                      + f"{'yes' if total <= capacity else 'NO':>12}")
         lines.append(f"{'':>5} {'':>5} {'planner':8}" + "".join(f"{v:12.2f}" if v == v else f"{'-':>12}"

@@ -9,7 +9,7 @@ from gpt3d.planner.memory import (ACTIVATION_BYTES, MemoryBreakdown, comm_tensor
 
 from .run import DryRunResult
 
-COMPARED = ("params", "grads", "optimizer", "activations", "comm")
+COMPARED = ("params", "grads", "optimizer", "activations", "comm", "deferred_w")
 """Categories both report (the planner has no temporaries; NCCL's buffers are not tensors, so only the planner has
 them)."""
 
@@ -28,6 +28,9 @@ class Comparison:
     planned: dict[str, float]
     nccl: float
     """NCCL communicator buffers (planner constant), added to the dry run's total for the fit check"""
+    planned_peak: float = 0.0
+    """the planner's total of the compared tensors at once (zero-bubble schedules: activations and deferred-W
+    gradients at their joint peak, not their two peaks added), without nccl"""
 
     def agrees(self, category: str, peak_total: float, tolerance: float = TOLERANCE) -> bool:
         """Within `tolerance` of the dry run, or, for a category under 1% of the rank's peak, within 1% of the peak."""
@@ -56,9 +59,11 @@ def compare(cfg: RunConfig, result: DryRunResult, dp: int) -> Comparison:
     stage = result.coords[2]
     comm = comm_tensor_bytes(cfg.model, par.tp, par.pp, dp, train.micro_batch_size, seq,
                              par.sequence_parallel and par.tp > 1, ACTIVATION_BYTES[train.dtype],
-                             par.distributed_optimizer, stage_parameters(cfg.model, par.tp, par.pp, stage), stage)
+                             par.distributed_optimizer,
+                             stage_parameters(cfg.model, par.tp, par.pp, stage, par.schedule), stage)
     return Comparison(
         dry=dict(result.peak.category_max),
         planned={"params": planned.params, "grads": planned.grads, "optimizer": planned.optimizer,
-                 "activations": planned.activations, "comm": comm},
-        nccl=nccl_buffer_bytes(par.tp, par.pp, dp))
+                 "activations": planned.activations, "comm": comm, "deferred_w": planned.deferred_w},
+        nccl=nccl_buffer_bytes(par.tp, par.pp, dp),
+        planned_peak=planned.total - planned.comm_buffers + comm)

@@ -35,7 +35,8 @@ def near_enough_for_a_dry_run(run: RunConfig, gpu_name: str, num_gpus: int) -> b
 
 def describe_peak(result: DryRunResult, nccl: float) -> str:
     at = result.peak.at_peak
-    parts = ", ".join(f"{k} {at[k] / GiB:.1f}" for k in (*COMPARED, "temporaries"))
+    parts = ", ".join(f"{k} {at[k] / GiB:.1f}" for k in (*COMPARED, "temporaries")
+                      if k != "deferred_w" or at[k])  # zero-bubble schedules only
     return f"{(result.peak.total + nccl) / GiB:.1f} GiB per GPU ({parts}, nccl {nccl / GiB:.1f})"
 
 

@@ -59,6 +59,23 @@ def _label_trainer_state(tracker: MemoryTimeline, trainer: Trainer) -> None:
     tracker.label([b.grad_data for b in buckets], "grads")
 
 
+def _label_deferred_weight_grads(tracker: MemoryTimeline, trainer: Trainer) -> None:
+    """Zero-bubble schedules: the output gradients a B hands to the WeightGradStore for its deferred W are
+    `deferred_w` (created in backward, they would otherwise count as temporaries), and so are the inputs it hands
+    over when the backward made them (full recomputation; saved activations stay activations). Wraps this trainer's
+    store's `defer` (an instance attribute; the code that calls it is unchanged)."""
+    store = getattr(trainer, "weight_grads", None)
+    if store is None:
+        return
+    defer = store.defer
+
+    def labelled(param, inputs, grad_output):
+        tracker.label([grad_output], "deferred_w")
+        tracker.label([inputs], "deferred_w", only_from="temporaries")
+        defer(param, inputs, grad_output)
+    store.defer = labelled
+
+
 def _hook_forwards(tracker: MemoryTimeline, trainer: Trainer) -> list:
     def enter(module, args):
         tracker.forward_enter()
@@ -108,6 +125,7 @@ def _dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional
         with FakeTensorMode(allow_non_fake_inputs=True), tracker:
             trainer = Trainer(cfg, runtime)
             _label_trainer_state(tracker, trainer)
+            _label_deferred_weight_grads(tracker, trainer)
             handles = _hook_forwards(tracker, trainer)
             tracker.start_window()
             trainer.train_step(samples)

@@ -9,6 +9,7 @@ end, once every allocation has its final category:
   params / grads / optimizer: labelled by identity after the trainer is built (`label`);
   comm: created inside a communication function (`comm_codes`: pipeline send/receive, bucket reductions, gathers);
   activations: created inside a model chunk's forward and still alive when that forward returns (saved for backward);
+  deferred_w: output gradients a zero-bubble schedule's B keeps for its deferred W (labelled by the dry run);
   temporaries: everything else (workspaces of forward and backward, transient gradients, the optimizer's scratch).
 
 Integer and boolean tensors computed from real tensors only (token ids, block-sparse layouts and their index maps:
@@ -30,7 +31,7 @@ from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-CATEGORIES = ("params", "grads", "optimizer", "activations", "comm", "temporaries")
+CATEGORIES = ("params", "grads", "optimizer", "activations", "comm", "deferred_w", "temporaries")
 STACK_DEPTH = 40
 """How many Python frames above an op are searched for a communication function."""
 
@@ -171,8 +172,9 @@ class MemoryTimeline(TorchDispatchMode):
             if self.allocations[index].live and self.allocations[index].category == "temporaries":
                 self.allocations[index].category = "activations"
 
-    def label(self, tensors: Iterable[torch.Tensor], category: str) -> None:
-        """Give the storages of `tensors` (already tracked or not) the category `category`."""
+    def label(self, tensors: Iterable[torch.Tensor], category: str, only_from: Optional[str] = None) -> None:
+        """Give the storages of `tensors` (already tracked or not) the category `category` (with `only_from`: only
+        those whose category is that one)."""
         for t in tensors:
             if t is None:
                 continue
@@ -180,7 +182,8 @@ class MemoryTimeline(TorchDispatchMode):
             if index is None:
                 self.track(t, "label")
                 index = self._by_storage[t.untyped_storage()._cdata]
-            self.allocations[index].category = category
+            if only_from is None or self.allocations[index].category == only_from:
+                self.allocations[index].category = category
 
     def start_window(self) -> None:
         """Measure the peak from here (after building: the build's full-shape init tensors are not training)."""

@@ -73,3 +73,22 @@ def full_sequence(stage, hidden: torch.Tensor) -> torch.Tensor:
     if getattr(head, "sequence_parallel", False) and head.group.size > 1:
         return _GatherReplicated.apply(hidden, head.group)
     return hidden
+
+
+@torch.no_grad()
+def token_entropy(stage, hidden: torch.Tensor) -> torch.Tensor:
+    """[b, s] entropy of the LM head's distribution at every position; vocabulary-parallel heads reduce three
+    [b, s] vectors over the TP group, never the logits."""
+    head, weight = stage.head, stage.head_weight()
+    parallel = hasattr(head, "vocab_start")
+    logits = (head._local_logits(hidden, weight) if parallel else head.padded_logits(hidden, weight)).float()
+    top = logits.max(dim=-1).values
+    if parallel:
+        top = comm.all_reduce(top, head.group, "entropy_max", dist.ReduceOp.MAX)
+    shifted = logits - top.unsqueeze(-1)
+    exp = shifted.exp()
+    weighted = torch.where(exp > 0, exp * shifted, 0.0)  # padded columns: exp 0, shifted -inf
+    sums = torch.stack([exp.sum(dim=-1), weighted.sum(dim=-1)])
+    if parallel:
+        sums = comm.all_reduce(sums, head.group, "entropy_sums")
+    return sums[0].log() - sums[1] / sums[0]

@@ -32,6 +32,7 @@ class PackedBatch:
     examples: torch.Tensor
     layout: PackedLayout
     reference: Optional[torch.Tensor] = None  # DPO: the frozen reference's [examples, 2] sequence log-probs
+    align: Optional[object] = None  # PPO: the rollout (gpt3d/align/objective.py) or the ptx weight
     metrics: Optional[dict] = None  # set by the objective on the last stage: name -> scalar tensor
 
     @classmethod
@@ -142,7 +143,7 @@ def make_classify_loss(task: str, lm_coef: float) -> Callable:
 
 # The metrics each objective reports next to its loss (means over the global batch, in metrics.jsonl).
 METRICS = {"sft": (), "reward": ("accuracy", "reward_margin"), "dpo": ("reward_accuracy", "reward_margin"),
-           "classify": ("accuracy",)}
+           "classify": ("accuracy",), "ppo": ()}  # ppo: gpt3d/align/trainer.py
 
 
 def objective_for(cfg: RunConfig) -> Callable:
@@ -155,4 +156,7 @@ def objective_for(cfg: RunConfig) -> Callable:
         return make_dpo_loss(ft.dpo.beta)
     if objective == "classify":
         return make_classify_loss(ft.classify.task, ft.classify.lm_coef)
+    if objective == "ppo":
+        from gpt3d.align.objective import make_ppo_loss
+        return make_ppo_loss(ft.ppo)
     raise ValueError(f"train.objective={objective!r} has no fine-tuning loss")

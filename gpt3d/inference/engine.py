@@ -22,7 +22,7 @@ from gpt3d.parallel.context import Layout, ParallelContext
 
 from .forward import stage_forward
 from .kv_cache import KVCache
-from .pipeline import StageLink
+from .pipeline import StageLink, from_last_stage
 from .sampling import next_tokens, token_logprobs
 
 TRUNCATE = ("error", "left")
@@ -163,7 +163,7 @@ class InferenceEngine:
                 if mb.active:
                     self._step(mb, step, sampling, stop, on_complete)
         self.link.finish()
-        return self._share(rows)
+        return from_last_stage(self.ctx, rows)
 
     def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16):
         """log p(continuation | context) of (context ids, continuation ids) pairs (see gpt3d/inference/scoring.py)."""
@@ -236,13 +236,3 @@ class InferenceEngine:
         self._record(mb, tokens.tolist(), logprobs, sampling, stop, on_complete)
         if not stage.first and step + 1 < sampling.max_new_tokens:
             link.send_tokens(tokens)
-
-    def _share(self, rows: list[Completion]) -> list[Completion]:
-        """The last stage's completions on every rank (one object broadcast per generate call)."""
-        if self.ctx.layout.world_size == 1:
-            return rows
-        L = self.ctx.layout
-        src = L.rank_of(0, 0, L.pp - 1)
-        box = [rows if self.ctx.rank == src else None]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]

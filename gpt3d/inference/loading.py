@@ -93,8 +93,10 @@ def _region(param: nn.Parameter) -> tuple[tuple, tuple]:
 
 
 # Linear weights [out, in] are stored column-major (as Hugging Face's Conv1D): x @ W then runs without a transposed
-# operand, about 2x faster on CPU in fp32 for a few rows (a decode step of a batch), same numbers.
-_COLUMN_MAJOR = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
+# operand, about 2x faster on CPU in fp32 for a few rows (a decode step of a batch), same numbers. So is the output
+# head (the token embedding when tied, [vocab, d]): the logits GEMM is the largest of a decode step.
+_COLUMN_MAJOR = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight", "embed.tok.weight",
+                 "head.weight")
 
 
 @torch.no_grad()

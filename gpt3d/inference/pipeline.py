@@ -56,3 +56,15 @@ class StageLink:
         for work, _ in self._pending:
             work.wait()
         self._pending.clear()
+
+
+def from_last_stage(ctx: ParallelContext, obj):
+    """`obj` as the first rank of the last pipeline stage holds it, on every rank (one object broadcast; nothing to do
+    on one rank). Results of generation and scoring are computed there."""
+    if ctx.layout.world_size == 1:
+        return obj
+    L = ctx.layout
+    src = L.rank_of(0, 0, L.pp - 1)
+    box = [obj if ctx.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

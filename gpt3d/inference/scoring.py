@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 
 from .forward import stage_forward
 from .kv_cache import KVCache
+from .pipeline import from_last_stage
 from .sampling import distributed_argmax, log_normaliser
 
 
@@ -80,7 +80,7 @@ class Scorer:
         for group in groups:  # sends are asynchronous: stage r works on a group while stage r+1 finishes the last
             self._score_group(group, contexts, pairs, results)
         e.link.finish()
-        return self._share(results)
+        return from_last_stage(self.engine.ctx, results)
 
     def _score_group(self, group_contexts, contexts, pairs, results) -> None:
         from .engine import left_pad
@@ -135,13 +135,3 @@ class Scorer:
         self._forward(sequences.to(e.ctx.device), positions.to(e.ctx.device), cache, (*sequences.shape, e.cfg.d_model))
         e.link.finish()
         return cache.attention_probs
-
-    def _share(self, results):
-        e = self.engine
-        if e.ctx.layout.world_size == 1:
-            return results
-        L = e.ctx.layout
-        src = L.rank_of(0, 0, L.pp - 1)
-        box = [results if e.ctx.rank == src else None]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]

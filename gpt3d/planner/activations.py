@@ -142,3 +142,29 @@ def stage_output_bytes(model: ModelConfig, micro_batch: int, seq_len: int, tp: i
     """The stage's output, kept per micro-batch in flight: the pipeline runner holds what it sent until that
     micro-batch's backward; on the last stage it is the final LayerNorm's input. (The layers count their inputs.)"""
     return seq_len * micro_batch * model.d_model / (tp if sequence_parallel else 1) * act_bytes
+
+
+def deferred_weight_grad_bytes(model: ModelConfig, micro_batch: int, seq_len: int, tp: int, recompute: str,
+                               act_bytes: int = 2) -> float:
+    """What one layer keeps per micro-batch between its B and its deferred W under a zero-bubble schedule, beyond
+    its saved activations: the output gradient of each of its four linears (gpt3d/parallel/weight_grad.py keeps
+    (input, output gradient) per linear until W; created in backward, so the dry run counts them as temporaries).
+    qkv and fc1 are column-parallel (s b 3w / t, s b f / t); the row-parallel proj and fc2 get the full s b h (the
+    backward of their all-reduce / reduce-scatter). The inputs are saved activations, still counted there, except
+    under full recomputation, where the backward's recomputed forward makes them: then they count here too
+    (s b h for qkv and fc1, the all-gathered input; s b w / t and s b f / t for proj and fc2)."""
+    sb = seq_len * micro_batch
+    d, w, f = model.d_model, model.attn_width, model.d_ff
+    elements = sb * (3 * w / tp + d + f / tp + d)
+    if recompute == "full":
+        elements += sb * (d + w / tp + d + f / tp)
+    return elements * act_bytes
+
+
+WEIGHT_GRAD_INPUTS = ("qkv_input", "out_proj_input", "fc1_input", "fc2_input")
+"""The saved tensors a deferred W still needs after its B: the four linears' inputs."""
+
+
+def weight_grad_input_bytes(saved: list[SavedTensor]) -> float:
+    """Bytes of `saved` (one layer's saved tensors) that stay from B to W under a zero-bubble schedule."""
+    return sum(t.bytes for t in saved if t.name in WEIGHT_GRAD_INPUTS)

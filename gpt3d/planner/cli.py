@@ -92,7 +92,8 @@ def config_layout(config: RunConfig, num_gpus: int) -> Layout:
     dp = par.dp if par.dp is not None else max(1, num_gpus // (par.tp * par.pp))
     return Layout(tp=par.tp, pp=par.pp, dp=dp, vp=par.vp, micro_batch=train.micro_batch_size,
                   sequence_parallel=par.sequence_parallel and par.tp > 1, recompute=par.recompute,
-                  distributed_optimizer=par.distributed_optimizer, schedule=par.schedule)
+                  distributed_optimizer=par.distributed_optimizer,
+                  schedule="1f1b" if par.schedule == "interleaved" else par.schedule)  # the planner's interleaving
 
 
 def _evaluate(args: argparse.Namespace, config: RunConfig, gpu, global_batch: int, seq_len: int,

@@ -10,7 +10,7 @@ from gpt3d.config.model import ModelConfig
 from .fit_advice import suggestions
 from .hardware import GPUSpec
 from .layout import Layout, divisibility_problems
-from .memory import LayoutError, MemoryBreakdown, estimate_memory, usable_bytes
+from .memory import ZERO_BUBBLE_SCHEDULES, LayoutError, MemoryBreakdown, estimate_memory, usable_bytes
 from .performance import PerformanceOptions, Prediction, predict
 
 
@@ -57,7 +57,8 @@ def describe_evaluation(ev: LayoutEvaluation, gpu: GPUSpec, fixes_or: Optional[s
         f"  time per step (ms): compute {t.compute * 1e3:,.0f}, TP comm {t.tp_comm * 1e3:,.0f}, PP bubble "
         f"{t.pp_bubble * 1e3:,.0f}, PP p2p {t.pp_comm * 1e3:,.0f}, DP exposed {t.dp_comm_exposed * 1e3:,.0f}, "
         f"optimizer {t.optimizer * 1e3:,.0f}",
-        f"  memory, first pipeline stage: {ev.memory.describe()}",
+        f"  memory, {'most loaded' if ev.layout.schedule in ZERO_BUBBLE_SCHEDULES else 'first'} pipeline stage: "
+        f"{ev.memory.describe()}",
         f"  {'fits' if ev.fits else 'does NOT fit'}: {ev.memory.total / ev.capacity:.0%} of "
         f"{ev.capacity / 2 ** 30:.1f} GiB usable on {gpu.name}",
     ]

@@ -51,14 +51,18 @@ def render(result: PlanResult, console: Console) -> None:
                      f"{p.tokens_per_s:,.0f}", f"{p.model_tflops_per_gpu:.1f}", f"{p.mfu:.1%}", _ms(t.compute),
                      _ms(t.tp_comm), _ms(t.pp_bubble), _ms(t.pp_comm), _ms(t.dp_comm_exposed), _ms(t.optimizer))
     console.print(perf)
-    memory = Table(title=f"Memory per GPU, first pipeline stage (GiB; {gpu.name}: {gpu.memory_bytes / GiB:.0f} GiB, "
-                         f"{result.ranked[0].memory_capacity / GiB:.1f} usable)" if result.ranked else "Memory")
-    for name in ("#", "params", "grads", "optimizer", "activations", "comm buffers", "total", "of usable"):
+    memory = Table(title=f"Memory per GPU, most loaded pipeline stage (GiB; {gpu.name}: "
+                         f"{gpu.memory_bytes / GiB:.0f} GiB, {result.ranked[0].memory_capacity / GiB:.1f} usable)"
+                   if result.ranked else "Memory")
+    # deferred W: the output gradients zero-bubble schedules keep until their W; the total counts it together with
+    # the activations at their joint peak (MemoryBreakdown.held_peak), not the two peaks added
+    for name in ("#", "params", "grads", "optimizer", "activations", "deferred W", "comm buffers", "total",
+                 "of usable"):
         memory.add_column(name, justify="right")
     for rank, p in enumerate(result.ranked, 1):
         g = p.memory.gib()
         memory.add_row(str(rank), *(f"{g[k]:.1f}" for k in ("params", "grads", "optimizer", "activations",
-                                                           "comm_buffers", "total")),
+                                                           "deferred_w", "comm_buffers", "total")),
                        f"{p.memory.total / p.memory_capacity:.0%}")
     console.print(memory)
     if result.discarded:

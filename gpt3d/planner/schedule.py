@@ -15,6 +15,11 @@ Notation: p pipeline stages, m micro-batches per step, v virtual stages (model c
   layers each (the factor 1 + (p - 1) / (p v) of Korthikanti et al.); GPipe keeps all m micro-batches. ZB-H1 and
   ZB-V hold at most p stage-sized activation sets on every rank (the paper's "same memory as 1F1B"; the simulator's
   peak), counting the inputs a deferred W keeps; ZB-V's first chunk holds up to 2p - 1 micro-batch inputs.
+- Deferred W (the paper's section 3 memory: a W keeps its layer's inputs and output gradients until it runs). The
+  planner walks each rank's own action list: a chunk-micro-batch holds all its saved activations from F to B, and
+  only its linears' inputs plus their output gradients from B to W (`split_backward_activation_peak`,
+  `weight_grads_pending`): ZB-H1 stage s has up to s + 1 W's pending (W(i - s) runs after B(i)); under ZB-V the
+  pending W's grow from rank 0 to rank p - 1 and with m (its cool-down runs every pending B before the W's).
 """
 from __future__ import annotations
 
@@ -72,3 +77,41 @@ def first_stage_microbatches_in_flight(pp: int, vp: int, num_microbatches: int, 
     if vp == 1:
         return min(pp, num_microbatches)
     return min(num_microbatches, -(-(vp * pp + pp - 1) // vp))
+
+
+@lru_cache(maxsize=256)
+def _split_backward_counts(pp: int, vp: int, num_microbatches: int, schedule: str
+                           ) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per rank: (forwarded and not yet B'd, B'd and not yet W'd) chunk-micro-batch pairs after each of its actions;
+    only the distinct pairs, which is all a peak needs."""
+    from gpt3d.parallel.pipeline.schedules import build_schedule
+    built = build_schedule(schedule, pp, num_microbatches, vp)
+    out = []
+    for rank in range(pp):
+        forwarded = pending = 0
+        seen = set()
+        for action in built.compute(rank):
+            if action.kind == "F":
+                forwarded += 1
+            elif action.kind == "B":
+                forwarded, pending = forwarded - 1, pending + 1
+            elif action.kind == "W":
+                pending -= 1
+            seen.add((forwarded, pending))
+        out.append(tuple(sorted(seen)))
+    return tuple(out)
+
+
+def split_backward_activation_peak(pp: int, vp: int, num_microbatches: int, schedule: str, stage: int,
+                                   full: float, after_b: float) -> float:
+    """Peak over rank `stage`'s step of held bytes, when a chunk-micro-batch holds `full` from its F to its B and
+    `after_b` (the linears' inputs its W needs) from its B to its W."""
+    return max(f * full + w * after_b for f, w in _split_backward_counts(pp, vp, num_microbatches, schedule)[stage])
+
+
+def weight_grads_pending(pp: int, vp: int, num_microbatches: int, schedule: str, stage: int) -> int:
+    """The most (model chunk, micro-batch) pairs whose B ran and whose W has not, on pipeline rank `stage`, over the
+    step (0 for schedules that do not split the backward)."""
+    if schedule not in ("zbh1", "zbv") or pp == 1:
+        return 0
+    return max(w for _, w in _split_backward_counts(pp, vp, num_microbatches, schedule)[stage])

@@ -29,6 +29,7 @@ def schedule_gains(result: PlanResult, options: PerformanceOptions) -> list[dict
         p = predict(result.model, layout, result.gpu, result.global_batch, result.seq_len, options)
         rows.append({"schedule": name, "step_s": p.iteration_time_s, "bubble_s": p.time.pp_bubble,
                      "tokens_per_s": p.tokens_per_s, "activations_gib": p.memory.gib()["activations"],
+                     "deferred_w_gib": p.memory.gib()["deferred_w"],
                      "total_gib": p.memory.gib()["total"], "fits": p.memory.total <= p.memory_capacity})
     base = next((r for r in rows if r["schedule"] == "1f1b" and "step_s" in r), None)
     for r in rows:
@@ -43,13 +44,15 @@ def render_schedule_gains(result: PlanResult, rows: list[dict], console: Console
     lay = result.ranked[0].layout
     table = Table(title=f"What each pipeline schedule gains for the best degrees (tp{lay.tp} pp{lay.pp} dp{lay.dp} "
                         f"mb{lay.micro_batch}, m = {lay.num_microbatches(result.global_batch)} micro-batches)")
-    for name in ("schedule", "step s", "PP bubble ms", "tokens/s", "vs 1f1b", "activations GiB", "total GiB", "fits"):
+    for name in ("schedule", "step s", "PP bubble ms", "tokens/s", "vs 1f1b", "activations GiB", "deferred W GiB",
+                 "total GiB", "fits"):
         table.add_column(name, justify="right")
     for r in rows:
         if "problem" in r:
-            table.add_row(r["schedule"], "-", "-", "-", "-", "-", "-", r["problem"])
+            table.add_row(r["schedule"], "-", "-", "-", "-", "-", "-", "-", r["problem"])
             continue
         table.add_row(r["schedule"], f"{r['step_s']:.2f}", f"{r['bubble_s'] * 1e3:,.0f}", f"{r['tokens_per_s']:,.0f}",
-                      f"{r.get('speedup_vs_1f1b', 1.0):.3f}x", f"{r['activations_gib']:.1f}", f"{r['total_gib']:.1f}",
+                      f"{r.get('speedup_vs_1f1b', 1.0):.3f}x", f"{r['activations_gib']:.1f}",
+                      f"{r['deferred_w_gib']:.1f}", f"{r['total_gib']:.1f}",
                       "yes" if r["fits"] else f"no (> {result.ranked[0].memory_capacity / GiB:.1f})")
     console.print(table)

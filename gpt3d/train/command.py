@@ -162,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
             if cfg.train.objective != "pretrain" and cfg.finetune.init_from is not None:
                 from gpt3d.finetune.weights import check_init_checkpoint  # fine-tuning's starting weights
                 check_init_checkpoint(cfg.finetune.init_from, cfg.model)
+            if cfg.train.objective == "ppo":
+                from gpt3d.align.command import check_reward_model  # PPO's frozen reward model
+                check_reward_model(cfg)
             from .machine_fit import check_machine_fits
             check_machine_fits(cfg, layout, num_micro, world_size if launch is None else launch.local_world_size)
             checkpoint = checkpoint_to_resume(cfg, run_dir, args.overwrite)

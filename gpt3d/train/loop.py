@@ -26,6 +26,9 @@ def dataset_sizes(cfg: RunConfig) -> dict[str, int]:
 
 
 def build_data(cfg: RunConfig):
+    if cfg.train.objective == "ppo":  # alignment: prompts (gpt3d/align/data.py)
+        from gpt3d.align.data import build_prompts
+        return build_prompts(cfg)
     if cfg.train.objective != "pretrain":  # fine-tuning: packed JSONL examples (gpt3d/finetune/data.py)
         from gpt3d.finetune.data import build_finetune_data
         return build_finetune_data(cfg)
@@ -38,6 +41,9 @@ def make_trainer(cfg: RunConfig, rt) -> Trainer:
     """The trainer of train.objective: pre-training, or a fine-tuning objective (gpt3d/finetune/trainer.py)."""
     if cfg.train.objective == "pretrain":
         return Trainer(cfg, rt)
+    if cfg.train.objective == "ppo":
+        from gpt3d.align.trainer import AlignTrainer
+        return AlignTrainer(cfg, rt)
     from gpt3d.finetune.trainer import ObjectiveTrainer
     return ObjectiveTrainer(cfg, rt)
 
@@ -150,4 +156,7 @@ def _train(cfg: RunConfig, run_dir: Path, rt, handler=None) -> list[dict]:
     finally:
         if log is not None:
             log.close()
+    if is_logger and cfg.train.objective == "ppo":  # reward and KL against step (gpt3d/align)
+        from gpt3d.align.plot import write_plot
+        write_plot(run_dir)
     return records

@@ -4,7 +4,9 @@
 - a reward model learns a preference (more letters 'a' is better): held-out pairwise accuracy >= 90%;
 - DPO on preference pairs raises that reward model's mean score of the policy's sampled completions on held-out prompts
   by >= MARGIN within DPO_STEPS steps, while the sampled KL to the reference (the SFT model) stays below KL_BOUND;
-  reward and KL against step are plotted."""
+  reward and KL against step are plotted;
+- PPO-ptx (`gpt3d align`) from the same SFT policy against the same reward model raises it by >= PPO_MARGIN within
+  PPO_STEPS steps with the KL below KL_BOUND, and the run writes its reward/KL plot."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,8 @@ import pytest
 from .helpers import LETTERS, make_tokenizer, write_jsonl
 
 DPO_STEPS, EVERY = 40, 20
+PPO_STEPS, PPO_EVERY = 20, 10
+PPO_MARGIN = 2.0  # measured: about +4 by step 20 (from about -1.2), KL about 2.5 nats
 MARGIN = 0.5  # in units of the reward model's score (its scores of 0- vs 3-'a' completions differ by several units)
 KL_BOUND = 5.0  # nats per completion
 
@@ -113,15 +117,27 @@ def policy_stats(run_dir, reference, rm, enc, prompts):
     return sum(rewards) / len(rewards), sum(kls) / len(kls)
 
 
-def test_dpo_raises_the_reward_with_bounded_kl(setup, reward_model):
+def policy_rows(rng: random.Random) -> list[dict]:
+    return [{"prompt": word(rng), "completion": completion(rng, rng.choice((0, 0, 1, 1, 2)))} for _ in range(256)]
+
+
+@pytest.fixture(scope="module")
+def sft_policy(setup):
+    """An SFT policy whose completions hold 0 to 2 letters 'a' (the reward model prefers more)."""
+    root, _, common = setup
+    sft = policy_rows(random.Random(3))
+    run_cli(["finetune", *common, "--data", write_jsonl(root / "policy.jsonl", sft), "--objective", "sft",
+             "--steps", "60", "--out", str(root / "policy")])
+    return root / "policy"
+
+
+def test_dpo_raises_the_reward_with_bounded_kl(setup, reward_model, sft_policy):
     from gpt3d.checkpoint.store import resolve_checkpoint_path
     from gpt3d.finetune.plot import write_reward_kl_plot
     from gpt3d.finetune.scoring import RewardModel
     root, tok, common = setup
     rng = random.Random(3)
-    sft = [{"prompt": word(rng), "completion": completion(rng, rng.choice((0, 0, 1, 1, 2)))} for _ in range(256)]
-    run_cli(["finetune", *common, "--data", write_jsonl(root / "policy.jsonl", sft), "--objective", "sft",
-             "--steps", "60", "--out", str(root / "policy")])
+    policy_rows(rng)  # the preference pairs continue the stream the policy's data came from
     pairs = []
     for _ in range(256):
         hi, lo = rng.choice([(2, 0), (3, 1), (2, 1), (1, 0)])
@@ -144,3 +160,35 @@ def test_dpo_raises_the_reward_with_bounded_kl(setup, reward_model):
     last = json.loads((root / "dpo" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["reward_accuracy"] > 0.5 and last["reward_margin"] > 0
     assert max(kls) <= KL_BOUND, f"KL by step {list(zip(steps, kls))}, reward {rewards}"
+
+
+def test_ppo_ptx_raises_the_reward_with_bounded_kl(setup, reward_model, sft_policy):
+    """`gpt3d align` from the SFT policy against the reward model, with pretraining-gradient mixing: held-out mean
+    reward up by PPO_MARGIN within PPO_STEPS steps, KL to the reference below KL_BOUND, the plot written by the run."""
+    from gpt3d.checkpoint.store import resolve_checkpoint_path
+    from gpt3d.data.indexed_dataset import write_indexed_dataset
+    from gpt3d.finetune.scoring import RewardModel
+    root, tok, common = setup
+    enc = encoders(tok)
+    rng = random.Random(6)
+    text = [enc.ids(" ".join(word(rng, 5) for _ in range(40))) for _ in range(64)]
+    write_indexed_dataset(root / "ptx", text, 300)
+    prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": word(rng)} for _ in range(256)])
+    run_cli(["align", *common, "--policy", str(sft_policy), "--reward", str(reward_model), "--prompts", prompts,
+             "--ptx-data", str(root / "ptx"), "--set", "finetune.ppo.ptx_coef=0.1", "--set",
+             "finetune.ppo.max_new_tokens=8", "--set", "finetune.ppo.kl_coef=0.2", "--set", "optim.lr=5e-4",
+             "--steps", str(PPO_STEPS), "--save-interval", str(PPO_EVERY), "--set", "checkpoint.keep_last=10",
+             "--out", str(root / "ppo")])
+    assert (root / "ppo" / "reward_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rm = RewardModel(str(resolve_checkpoint_path(reward_model)))
+    held_out = [enc.prompt_ids({"prompt": word(random.Random(500 + i))}, "") for i in range(48)]
+    reference = engine(sft_policy)
+    steps, rewards, kls = [0], *[[v] for v in policy_stats(sft_policy, reference, rm, enc, held_out)]
+    for step in range(PPO_EVERY, PPO_STEPS + 1, PPO_EVERY):
+        reward, kl = policy_stats(root / "ppo" / "checkpoints" / f"step_{step:08d}", reference, rm, enc, held_out)
+        steps.append(step), rewards.append(reward), kls.append(kl)
+    assert rewards[-1] >= rewards[0] + PPO_MARGIN, f"reward by step {list(zip(steps, rewards))}, KL {kls}"
+    assert max(kls) <= KL_BOUND, f"KL by step {list(zip(steps, kls))}, reward {rewards}"
+    records = [json.loads(line) for line in (root / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, PPO_STEPS + 1))
+    assert all(k in records[-1] for k in ("reward", "kl", "clip_fraction", "entropy", "value_loss"))

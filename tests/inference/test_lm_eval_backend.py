@@ -13,38 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from gpt3d.eval.lm_eval_tasks import local_task_yaml
 from tests.inference.helpers import make_models
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(tempfile.mkdtemp(prefix="gpt3d-lm-eval-"))
 WORDS = ["red", "blue", "green", "cat", "dog", "fox", "tree", "lake", "river", "stone", "book", "page"]
-TASK_YAML = """task: gpt3d_local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{gold}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
-ROLLING_YAML = """task: gpt3d_local_rolling
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{context}}}}"
-metric_list:
-  - metric: word_perplexity
-"""
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +40,10 @@ def setup():
     with open(tasks / "text.jsonl", "w") as fh:  # some longer than the context: rolling windows
         for n in (5, 40, 90):
             fh.write(json.dumps({"context": " ".join(rng.choice(WORDS) for _ in range(n))}) + "\n")
-    (tasks / "mc.yaml").write_text(TASK_YAML.format(data=tasks / "mc.jsonl"))
-    (tasks / "rolling.yaml").write_text(ROLLING_YAML.format(data=tasks / "text.jsonl"))
+    (tasks / "mc.yaml").write_text(local_task_yaml("gpt3d_local_mc", {"test": tasks / "mc.jsonl"},
+                                                   metrics=("acc", "acc_norm")))
+    (tasks / "rolling.yaml").write_text(local_task_yaml("gpt3d_local_rolling", {"test": tasks / "text.jsonl"},
+                                                        "loglikelihood_rolling", metrics=("word_perplexity",)))
     return ckpt, export, tokenizer_dir, tasks
 
 

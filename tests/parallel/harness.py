@@ -181,8 +181,12 @@ SELECTIVE = "parallel.recompute=selective"
 GPIPE = "parallel.schedule=gpipe"
 ZBH1 = "parallel.schedule=zbh1"
 ZBV = "parallel.schedule=zbv"
+INTERLEAVED = "parallel.schedule=interleaved"
+EIGHT_LAYERS = "model.n_layers=8"  # pp4 with two chunks per rank (interleaved vp2, ZB-V) needs 8 layer chunks
+MICRO_1 = "train.micro_batch_size=1"  # pp4 x dp2 with 8 samples: 4 micro-batches (interleaved and ZB-V need m >= pp)
 TRAJECTORY_STEPS = 20  # the loss trajectories of the key layouts, optimizer stepping
 SHORT_STEPS = 5  # gradient checks (after step 1) and a short trajectory for every other layout
+PP4_STEPS = 3  # the pp4 x (tp2 | dp2) layouts of every schedule: gradients after step 1, three optimizer steps
 
 # name -> (world size, overrides on top of BASE, steps)
 PARITY_JOBS: dict[str, tuple[int, list[str], int]] = {
@@ -200,22 +204,52 @@ PARITY_JOBS: dict[str, tuple[int, list[str], int]] = {
     "1x2x2 zbh1 dist-opt full-recompute": (4, layout_overrides(1, 2, 2) + [ZBH1, DIST_OPT, FULL], SHORT_STEPS),
     "1x4x1 zbh1": (4, layout_overrides(1, 4, 1) + [ZBH1], SHORT_STEPS),
     "1x2x2 zbv selective-recompute": (4, layout_overrides(1, 2, 2) + [ZBV, SELECTIVE], SHORT_STEPS),
+    # Every schedule at pp4 with tp2 (sequence parallel, one recompute mode) and with dp2 (distributed optimizer,
+    # the other recompute mode); with pp2 above, every schedule is checked at pp2 and pp4 with tp2, dp2, SP,
+    # both recomputes and the distributed optimizer.
+    "2x2x2 gpipe sp dist-opt selective-recompute": (8, layout_overrides(2, 2, 2) + [GPIPE, SP, DIST_OPT, SELECTIVE],
+                                                    PP4_STEPS),
+    "2x4x1 gpipe sp full-recompute": (8, layout_overrides(2, 4, 1) + [GPIPE, SP, FULL], PP4_STEPS),
+    "1x4x2 gpipe dist-opt selective-recompute": (8, layout_overrides(1, 4, 2) + [GPIPE, DIST_OPT, SELECTIVE],
+                                                 PP4_STEPS),
+    "2x4x1 1f1b sp full-recompute": (8, layout_overrides(2, 4, 1) + [SP, FULL], PP4_STEPS),
+    "2x4x1 vp2 sp selective-recompute": (8, layout_overrides(2, 4, 1, vp=2) + [INTERLEAVED, EIGHT_LAYERS, SP,
+                                                                              SELECTIVE], PP4_STEPS),
+    "1x4x2 vp2 dist-opt full-recompute": (8, layout_overrides(1, 4, 2, vp=2) + [INTERLEAVED, EIGHT_LAYERS, MICRO_1,
+                                                                               DIST_OPT, FULL], PP4_STEPS),
+    "2x4x1 zbh1 sp full-recompute": (8, layout_overrides(2, 4, 1) + [ZBH1, SP, FULL], PP4_STEPS),
+    "1x4x2 zbh1 dist-opt selective-recompute": (8, layout_overrides(1, 4, 2) + [ZBH1, DIST_OPT, SELECTIVE],
+                                                PP4_STEPS),
+    "2x4x1 zbv sp selective-recompute": (8, layout_overrides(2, 4, 1) + [ZBV, EIGHT_LAYERS, SP, SELECTIVE],
+                                         PP4_STEPS),
+    "1x4x2 zbv dist-opt full-recompute": (8, layout_overrides(1, 4, 2) + [ZBV, EIGHT_LAYERS, MICRO_1, DIST_OPT, FULL],
+                                          PP4_STEPS),
     "2x1x1": (2, layout_overrides(2, 1, 1), SHORT_STEPS),
     "1x2x1": (2, layout_overrides(1, 2, 1), SHORT_STEPS),
     "1x1x2": (2, layout_overrides(1, 1, 2), SHORT_STEPS),
     "1x1x1": (1, layout_overrides(1, 1, 1), SHORT_STEPS),
 }
-REFERENCE = {steps: f"reference {steps} steps" for steps in (SHORT_STEPS, TRAJECTORY_STEPS)}
 
 
-def reference_job(rank: int, world_size: int, steps: int) -> dict:
+def model_overrides(overrides: list[str]) -> tuple[str, ...]:
+    """The overrides that change the model itself (the reference runs the same model)."""
+    return tuple(o for o in overrides if o.startswith("model."))
+
+
+def reference_key(name: str) -> str:
+    """The task name of the single-process reference a layout of PARITY_JOBS is compared with."""
+    _, overrides, steps = PARITY_JOBS[name]
+    return " ".join((f"reference {steps} steps",) + model_overrides(overrides))
+
+
+def reference_job(rank: int, world_size: int, steps: int, overrides: tuple[str, ...] = ()) -> dict:
     """The unsharded reference: the whole model (build_gpt) in this process, the loss of the whole global batch in one
     forward, torch's clip_grad_norm_ and torch.optim.AdamW (decay on matrices only, as gpt3d's optimizer): nothing of
     gpt3d.parallel is involved. Returns what a layout job returns on rank 0."""
     import torch
     from gpt3d.model.gpt import build_gpt
     from gpt3d.parallel.optimizer import lr_at
-    cfg = make_config([])
+    cfg = make_config(list(overrides))
     torch.set_num_threads(1)
     model = build_gpt(cfg.model, cfg.train.seed)
     params = list(model.parameters())
@@ -243,7 +277,6 @@ def reference_job(rank: int, world_size: int, steps: int) -> dict:
 
 def register_parity_jobs() -> None:
     """The single-process references and every layout of PARITY_JOBS (gradients gathered after step 1)."""
-    for steps, key in REFERENCE.items():
-        register(1, key, reference_job, steps)
     for name, (world, overrides, steps) in PARITY_JOBS.items():
+        register(1, reference_key(name), reference_job, steps, model_overrides(overrides))
         register_job(world, name, job(overrides, steps))

@@ -16,7 +16,7 @@ of lr each step (observed up to 1.3e-5 after 20 steps).
 import pytest
 import torch
 
-from .harness import PARITY_JOBS, REFERENCE, TRAJECTORY_STEPS, register_parity_jobs, results
+from .harness import PARITY_JOBS, TRAJECTORY_STEPS, reference_key, register_parity_jobs, results
 
 register_parity_jobs()
 
@@ -30,13 +30,14 @@ def layout_result(name: str) -> dict:
     return results(world, name)[0]
 
 
-def reference(steps: int) -> dict:
-    return results(1, REFERENCE[steps])[0]
+def reference(name: str) -> dict:
+    """The single-process run of the same model for as many steps as layout `name`."""
+    return results(1, reference_key(name))[0]
 
 
 @pytest.mark.parametrize("name", list(PARITY_JOBS))
 def test_gradients_equal_single_process(name):
-    got, ref = layout_result(name)["grads"], reference(PARITY_JOBS[name][2])["grads"]
+    got, ref = layout_result(name)["grads"], reference(name)["grads"]
     assert sorted(got) == sorted(ref), "the gathered parameters are not the model's"
     for key in ref:
         assert got[key].shape == ref[key].shape, key
@@ -48,7 +49,7 @@ def test_gradients_equal_single_process(name):
 @pytest.mark.parametrize("name", list(PARITY_JOBS))
 def test_losses_norms_and_parameters_follow_single_process(name):
     world, _, steps = PARITY_JOBS[name]
-    got, ref = layout_result(name), reference(steps)
+    got, ref = layout_result(name), reference(name)
     assert len(got["losses"]) == steps
     assert got["losses"][0] == pytest.approx(ref["losses"][0], rel=1e-6)
     assert got["losses"] == pytest.approx(ref["losses"], rel=LOSS_RTOL)
@@ -60,7 +61,7 @@ def test_losses_norms_and_parameters_follow_single_process(name):
 
 @pytest.mark.parametrize("name", [n for n, (_, _, steps) in PARITY_JOBS.items() if steps == TRAJECTORY_STEPS])
 def test_twenty_step_trajectory(name):
-    got, ref = layout_result(name)["losses"], reference(TRAJECTORY_STEPS)["losses"]
+    got, ref = layout_result(name)["losses"], reference(name)["losses"]
     assert len(got) == TRAJECTORY_STEPS
     worst = max(abs(a - b) / abs(b) for a, b in zip(got, ref))
     assert worst <= LOSS_RTOL, f"largest relative loss difference {worst:.2e}"

@@ -1,0 +1,63 @@
+"""The inference engine over the policy being trained: a KV-cached copy of this rank's training stage in the same
+tensor x pipeline layout (gpt3d/inference/), rebuilt from the current weights for each step's rollouts. Each
+data-parallel replica samples its own share of the prompts; the completions are shared inside the replica only."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gpt3d.config.model import ModelConfig
+from gpt3d.config.generate import SamplingConfig
+from gpt3d.inference import InferenceEngine
+from gpt3d.model.gpt import GPTStage
+from gpt3d.model.init import param_full_name
+from gpt3d.parallel.context import Group, ParallelContext
+
+
+def replica_group(ctx: ParallelContext) -> Group:
+    """The tp x pp ranks of this rank's data-parallel replica (collective: every rank calls it, in the same order)."""
+    L = ctx.layout
+    return ctx._make_groups("replica", [[L.rank_of(t, d, p) for p in range(L.pp) for t in range(L.tp)]
+                                        for d in range(L.dp)])
+
+
+def share_in_replica(ctx: ParallelContext, replica: Group, obj):
+    """`obj` as this replica's first rank of the last pipeline stage holds it, on every rank of the replica."""
+    if replica.size == 1:
+        return obj
+    L = ctx.layout
+    src = L.rank_of(0, ctx.dp_rank, L.pp - 1)
+    box = [obj if ctx.rank == src else None]
+    dist.broadcast_object_list(box, src=src, group=replica.pg)
+    return box[0]
+
+
+def sample(engine: InferenceEngine, replica: Group, prompts: list[list[int]], sampling: SamplingConfig,
+           request_ids: range) -> list[list[int]]:
+    """This replica's completions (token ids), on every rank of the replica. The engine's own result is shared from
+    one replica; each replica's last stage collects its completions as they finish and shares them in the replica."""
+    finished: dict[int, list[int]] = {}
+    engine.generate(prompts, sampling, request_ids=request_ids,
+                    on_complete=lambda c: finished.__setitem__(c.index, list(c.tokens)))
+    mine = [finished[i] for i in request_ids] if engine.stage.last else None
+    return share_in_replica(engine.ctx, replica, mine)
+
+
+def rollout_engine(chunk: nn.Module, ctx: ParallelContext, cfg: ModelConfig) -> InferenceEngine:
+    """An engine whose stage holds the same layers and tensor-parallel shards as `chunk` (vp = 1), weights copied."""
+    from gpt3d.inference.loading import _region, fill_stage
+    from gpt3d.parallel.random import RNGTracker, StreamContext
+    from gpt3d.parallel.tensor import apply_tensor_parallel
+    with torch.device("meta"):
+        stage = GPTStage(cfg, [int(i) for i in chunk.blocks], chunk.first, chunk.last)
+    if ctx.layout.tp > 1:
+        apply_tensor_parallel(stage, ctx.tp_group, False, StreamContext(RNGTracker(ctx.device)))
+    trained = {param_full_name(p, n): p for n, p in chunk.named_parameters()}
+
+    def read(name: str, start: tuple, size: tuple) -> torch.Tensor:
+        param = trained[name]
+        assert (start, size) == _region(param), f"{name}: inference shard {start}+{size} is not the training shard"
+        return param.detach().clone()
+    dtype = next(chunk.parameters()).dtype
+    return InferenceEngine(fill_stage(stage, read, dtype, ctx.device), ctx, cfg)

@@ -10,6 +10,7 @@ y over the visible part.
     python benchmarks/kernels.py                 # GPT-2-small-like layer shapes, every path of this CPU
     python benchmarks/kernels.py --isa avx2      # one path
     python benchmarks/kernels.py --quick         # smoke run: small shapes, few repeats
+    python benchmarks/kernels.py --only causal   # the cases whose name contains "causal"
 """
 from __future__ import annotations
 
@@ -26,16 +27,25 @@ import gpt3d.kernels as K
 
 
 def timed(fn, reps: int, warmup: int = 2) -> float:
-    """Fastest wall time of fn() in seconds over `reps` runs (8 engineers share this machine's 2 cores: the minimum is
-    the estimate least disturbed by other processes; both sides of every ratio use it)."""
+    """Fastest wall time of fn() in seconds over `reps` runs (other engineers share this machine's 2 cores: the
+    minimum is the estimate least disturbed by other processes)."""
+    return timed_pair(fn, None, reps, warmup)[0]
+
+
+def timed_pair(fn_a, fn_b, reps: int, warmup: int = 2) -> tuple[float, float]:
+    """Fastest wall times of fn_a() and fn_b() over `reps` runs each, alternating a, b, a, b, ... so that a burst of
+    load from another process hits both sides of the ratio alike (fn_b may be None)."""
+    fns = [f for f in (fn_a, fn_b) if f is not None]
     for _ in range(warmup):
-        fn()
-    times = []
+        for f in fns:
+            f()
+    best = [float("inf")] * len(fns)
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0], (best[1] if fn_b is not None else float("nan"))
 
 
 def copy_bandwidth(reps: int, numel: int) -> float:
@@ -110,11 +120,26 @@ def run_isa_in_subprocess(isa: str, argv: list[str]) -> None:
     subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--isa", isa], env=env, check=True)
 
 
+def argv_without_isa(argv: list[str]) -> list[str]:
+    """The command line minus its --isa option (as `--isa X` or `--isa=X`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--isa":
+            skip = True
+        elif not a.startswith("--isa="):
+            out.append(a)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke run)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--only", default="", help="measure only the cases whose name contains this text "
+                                                "(e.g. layer_norm, causal_softmax, 2048)")
     p.add_argument("--isa", default="all", choices=("all", "avx512", "avx2", "portable"),
                    help="CPU code path(s) to measure, each in its own process against torch at the same capability "
                         "(default: every path this CPU has)")
@@ -123,12 +148,12 @@ def main() -> None:
         raise SystemExit("gpt3d._C is not built: run `python setup.py build_ext --inplace` first")
     if args.isa == "all":
         print(f"{cpu_model()}; widest path {machine_isas()[0]}; threads={args.threads}")
-        argv = [a for a in sys.argv[1:] if not a.startswith("--isa")]
+        argv = argv_without_isa(sys.argv[1:])
         for isa in machine_isas():
             run_isa_in_subprocess(isa, argv)
         return
     if os.environ.get("GPT3D_CPU_ISA") != args.isa or os.environ.get("ATEN_CPU_CAPABILITY") != TORCH_CAPABILITY[args.isa]:
-        run_isa_in_subprocess(args.isa, [a for a in sys.argv[1:] if not a.startswith("--isa")])
+        run_isa_in_subprocess(args.isa, argv_without_isa(sys.argv[1:]))
         return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -139,6 +164,7 @@ def main() -> None:
     else:
         cases = [*layer_norm_cases(8192, (768, 1024, 2048), (torch.float32, torch.bfloat16)),
                  *softmax_cases(((64, 512), (16, 1024), (4, 2048)), (torch.float32, torch.bfloat16))]
+    cases = [c for c in cases if args.only in c[0]]
     copy_gbs = copy_bandwidth(reps, (1 << 22) if args.quick else (1 << 26))
     print(f"\ngpt3d path {K.cpu_isa()} vs torch eager at ATEN_CPU_CAPABILITY={torch.backends.cpu.get_cpu_capability()}"
           f"; copy bandwidth (copy_ into a preallocated tensor, read+write) = {copy_gbs:.1f} GB/s")
@@ -173,12 +199,11 @@ def measure(cases, reps: int, copy_gbs: float):
     rows = []
     for name, dtype, inputs, fused, eager, fwd_bytes, fb_bytes, n_out in cases:
         with torch.no_grad():
-            t_f, t_e = timed(lambda: fused(*inputs), reps), timed(lambda: eager(*inputs), reps)
+            t_f, t_e = timed_pair(lambda: fused(*inputs), lambda: eager(*inputs), reps)
         leaves = [t.clone().requires_grad_(True) for t in inputs]
         outs = fused(*leaves)
         grads = tuple(torch.randn_like(o) for o in (outs if isinstance(outs, tuple) else (outs,)))
-        tb_f = timed(fwd_bwd(fused, leaves, grads), reps)
-        tb_e = timed(fwd_bwd(eager, leaves, grads), reps)
+        tb_f, tb_e = timed_pair(fwd_bwd(fused, leaves, grads), fwd_bwd(eager, leaves, grads), reps)
         rows.append((name, str(dtype).replace("torch.", ""), t_f, fwd_bytes / t_f / 1e9, t_e / t_f,
                      fwd_bytes / t_f / 1e9 / copy_gbs, tb_f, fb_bytes / tb_f / 1e9, tb_e / tb_f))
     return rows

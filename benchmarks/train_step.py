@@ -5,8 +5,10 @@ at its best settings on CPU: SDPA attention, torch.optim.AdamW(fused=True) (one 
 default foreach/for-loop AdamW is slower), bf16 via autocast. gpt3d runs with model.kernels auto, fused and reference
 (the fused kernels must never make the step slower). Printed per dtype: step time, tokens/s, model TFLOP/s, MFU against
 the hardware peak (cores x clock x FLOPs/cycle, gpt3d/profiler/cpu_peak.py), the fraction of a GEMM rate measured in
-the same run ("of GEMM", not an MFU), and the speed ratio over Hugging Face. Usage:
+the same run ("of GEMM", not an MFU), the speed ratio over Hugging Face, and over gpt3d with the reference kernels
+(fused / auto must be >= 1.00x there). Usage:
     python benchmarks/train_step.py [--layers 6 --d-model 512 --heads 8 --seq 512 --batch 4 --steps 9 --quick]
+                                    [--dtype fp32|bf16|both]
 """
 from __future__ import annotations
 
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=9)
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="2 layers, seq 128, 2 steps: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -100,8 +103,9 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"config: {args.layers} layers, d {args.d_model}, {args.heads} heads, seq {args.seq}, batch {args.batch}; "
           f"{threads} threads; {cpu_peak_tflops(torch.float32, threads)[1]}")
-    print(f"{'dtype':6} {'run':15} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'of GEMM':>8}  x HF")
-    for dtype in ("fp32", "bf16"):
+    print(f"{'dtype':6} {'run':15} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'of GEMM':>8}  x HF  "
+          f"x gpt3d reference")
+    for dtype in (("fp32", "bf16") if args.dtype == "both" else (args.dtype,)):
         torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
         peak, _ = cpu_peak_tflops(torch_dtype, threads)
         gemm = gemm_peak_tflops(torch_dtype)
@@ -116,12 +120,12 @@ def main() -> None:
         for _ in range(ROUNDS):
             for name, step in runs.items():
                 times[name].append(time_steps(step, max(args.steps // ROUNDS, 1)))
-        t_hf = min(times["hf (fused AdamW)"])
+        t_hf, t_ref = min(times["hf (fused AdamW)"]), min(times["gpt3d reference"])
         for name, ts in times.items():
             t = min(ts)
             tflops = flops / t / 1e12
             print(f"{dtype:6} {name:15} {t * 1e3:9.1f} {tokens / t:10.0f} {tflops:8.3f} {tflops / peak:6.1%} "
-                  f"{tflops / gemm:8.1%}  {t_hf / t:.2f}x")
+                  f"{tflops / gemm:8.1%}  {t_hf / t:.2f}x  {t_ref / t:.2f}x")
         print(f"{dtype}: hardware peak {peak:.3f} TFLOP/s, measured {torch_dtype} GEMM {gemm:.3f} TFLOP/s")
 
 

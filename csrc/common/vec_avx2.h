@@ -69,16 +69,19 @@ struct VecAvx2 {
   static VecAvx2 select(Mask m, VecAvx2 a, VecAvx2 b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
   static VecAvx2 max(VecAvx2 a, VecAvx2 b) { return {_mm256_max_ps(a.v, b.v)}; }
 
-  // e^x as VecAvx512::exp: x = n ln2 + r, e^r by its degree-6 Taylor polynomial (< 2 ulp); 2^n as two exponent-field
-  // factors 2^(n/2) * 2^(n - n/2), each a normal float over the clamped range, so results down to fp32's denormals
-  // match. Exact 0 at or below -103.97 and for -inf (and NaN), so masked lanes contribute nothing.
+  // e^x as VecAvx512::exp: x = n ln2 + r (n rounded to nearest by adding 1.5 * 2^23, whose low mantissa bits then
+  // hold n), e^r by its degree-6 Taylor polynomial (< 2 ulp), times 2^n. When every lane's result is a normal float
+  // (x > -86.5, the usual case) 2^n is added straight into p's exponent field; otherwise 2^n is applied as two
+  // exponent-field factors 2^(n/2) * 2^(n - n/2), each a normal float, so results down to fp32's denormals match.
+  // Exact 0 at or below -103.97 and for -inf (and NaN), so masked lanes contribute nothing.
   static VecAvx2 exp(VecAvx2 a) {
     // Dead lanes (masked keys, underflow) compute e^0 and are zeroed at the end: computing their 2^-150 would make
     // denormal products, which cost a microcode assist each (masked softmax rows would run 10x slower).
     const __m256 live = _mm256_cmp_ps(a.v, _mm256_set1_ps(-103.97f), _CMP_GT_OQ);
     const __m256 x = _mm256_and_ps(_mm256_min_ps(a.v, _mm256_set1_ps(88.7f)), live);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 magic = _mm256_set1_ps(12582912.f);
+    const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+    const __m256 n = _mm256_sub_ps(t, magic);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
     __m256 p = _mm256_set1_ps(1.f / 720.f);
@@ -88,11 +91,16 @@ struct VecAvx2 {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-    const __m256i ni = _mm256_cvtps_epi32(n);
-    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
-    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
-    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
-    const __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    const __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+    __m256 e;
+    if (_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-86.5f), _CMP_LT_OQ)) == 0) {
+      e = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(ni, 23)));
+    } else {
+      const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+      const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+      const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+      e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    }
     return {_mm256_and_ps(e, live)};
   }
   float sum() const {
@@ -113,6 +121,8 @@ struct VecAvx2 {
 inline VecAvx2 operator+(VecAvx2 a, VecAvx2 b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline VecAvx2 operator-(VecAvx2 a, VecAvx2 b) { return {_mm256_sub_ps(a.v, b.v)}; }
 inline VecAvx2 operator*(VecAvx2 a, VecAvx2 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+// a * b + c with one rounding (the ISO C++ build never contracts a * b + c by itself).
+inline VecAvx2 fmadd(VecAvx2 a, VecAvx2 b, VecAvx2 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 
 }  // namespace
 }  // namespace gpt3d

@@ -40,19 +40,22 @@ void layer_norm_backward_cpu(const LayerNormBackwardArgs& a) {
     float* dg = partial.data() + k * 2 * a.cols;
     rows_fn(a, begin, end, dg, dg + a.cols);
   }
-#pragma omp parallel for schedule(static) if (a.cols >= 4096)
-  for (int64_t j = 0; j < a.cols; ++j) {
-    float dg = 0.f, db = 0.f;
-    for (int64_t k = 0; k < chunks; ++k) {
-      dg += partial[(k * 2) * a.cols + j];
-      db += partial[(k * 2 + 1) * a.cols + j];
-    }
-    if (a.w_dtype == DType::kFloat32) {
-      static_cast<float*>(a.dgamma)[j] = dg;
-      static_cast<float*>(a.dbeta)[j] = db;
-    } else {
-      static_cast<uint16_t*>(a.dgamma)[j] = float_to_bf16(dg);
-      static_cast<uint16_t*>(a.dbeta)[j] = float_to_bf16(db);
+  // Column sums over the chunks, chunk after chunk (contiguous rows of the partials: the compiler vectorises it).
+  float* dg = partial.data();  // chunk 0's sums become the totals
+  float* db = partial.data() + a.cols;
+  for (int64_t k = 1; k < chunks; ++k) {
+    const float* pg = partial.data() + k * 2 * a.cols;
+    const float* pb = pg + a.cols;
+    for (int64_t j = 0; j < a.cols; ++j) dg[j] += pg[j];
+    for (int64_t j = 0; j < a.cols; ++j) db[j] += pb[j];
+  }
+  if (a.w_dtype == DType::kFloat32) {
+    std::copy(dg, dg + a.cols, static_cast<float*>(a.dgamma));
+    std::copy(db, db + a.cols, static_cast<float*>(a.dbeta));
+  } else {
+    for (int64_t j = 0; j < a.cols; ++j) {
+      static_cast<uint16_t*>(a.dgamma)[j] = float_to_bf16(dg[j]);
+      static_cast<uint16_t*>(a.dbeta)[j] = float_to_bf16(db[j]);
     }
   }
 }

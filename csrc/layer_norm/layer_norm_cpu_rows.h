@@ -21,42 +21,46 @@ inline int lanes(int64_t cols, int64_t j) {
 template <class V, class T, class W>
 void ln_forward_row(const T* x, const T* residual, const W* gamma, const W* beta, T* y, T* sum, int64_t cols,
                     float eps, float* mean_out, float* rstd_out) {
+  const int64_t whole = cols - cols % V::kWidth, pairs = cols - cols % (2 * V::kWidth);
+  const int tail = static_cast<int>(cols - whole);
   if (residual != nullptr) {  // sum = x + residual, rounded to T; the row then normalises the stored sum
-    for (int64_t j = 0; j < cols; j += V::kWidth) {
-      const int n = lanes<V, T>(cols, j);
-      (V::load(x + j, n) + V::load(residual + j, n)).store(sum + j, n);
-    }
+    for (int64_t j = 0; j < whole; j += V::kWidth) (V::load(x + j) + V::load(residual + j)).store(sum + j);
+    if (tail > 0) (V::load(x + whole, tail) + V::load(residual + whole, tail)).store(sum + whole, tail);
     x = sum;
   }
-  V acc0 = V::zero(), acc1 = V::zero();  // two accumulators hide the add latency
+  // Whole vectors first, in pairs with two accumulators to hide the add latency; the tail (masked) once.
+  V acc0 = V::zero(), acc1 = V::zero();
   int64_t j = 0;
-  for (; j + 2 * V::kWidth <= cols; j += 2 * V::kWidth) {
+  for (; j < pairs; j += 2 * V::kWidth) {
     acc0 = acc0 + V::load(x + j);
     acc1 = acc1 + V::load(x + j + V::kWidth);
   }
   for (; j < cols; j += V::kWidth) acc0 = acc0 + V::load(x + j, lanes<V, T>(cols, j));
   const float mean = (acc0 + acc1).sum() / static_cast<float>(cols);
 
-  const V vmean = V::set1(mean), zero = V::zero();
+  const V vmean = V::set1(mean);
   acc0 = V::zero();
   acc1 = V::zero();
-  for (j = 0; j + 2 * V::kWidth <= cols; j += 2 * V::kWidth) {
+  for (j = 0; j < pairs; j += 2 * V::kWidth) {
     const V d0 = V::load(x + j) - vmean, d1 = V::load(x + j + V::kWidth) - vmean;
-    acc0 = acc0 + d0 * d0;
-    acc1 = acc1 + d1 * d1;
+    acc0 = fmadd(d0, d0, acc0);
+    acc1 = fmadd(d1, d1, acc1);
   }
   for (; j < cols; j += V::kWidth) {
     const int n = lanes<V, T>(cols, j);
-    const V d = V::select(V::first(n), V::load(x + j, n) - vmean, zero);
-    acc0 = acc0 + d * d;
+    const V d = V::select(V::first(n), V::load(x + j, n) - vmean, V::zero());
+    acc0 = fmadd(d, d, acc0);
   }
   const float rstd = ln_rstd((acc0 + acc1).sum(), cols, eps);
 
   const V vrstd = V::set1(rstd);
-  for (j = 0; j < cols; j += V::kWidth) {
-    const int n = lanes<V, T>(cols, j);
-    const V xhat = ln_normalize(V::load(x + j, n), vmean, vrstd);
-    ln_affine(xhat, V::load(gamma + j, n), V::load(beta + j, n)).store(y + j, n);
+  for (j = 0; j < whole; j += V::kWidth) {
+    const V xhat = ln_normalize(V::load(x + j), vmean, vrstd);
+    ln_affine(xhat, V::load(gamma + j), V::load(beta + j)).store(y + j);
+  }
+  if (tail > 0) {
+    const V xhat = ln_normalize(V::load(x + whole, tail), vmean, vrstd);
+    ln_affine(xhat, V::load(gamma + whole, tail), V::load(beta + whole, tail)).store(y + whole, tail);
   }
   *mean_out = mean;
   *rstd_out = rstd;
@@ -74,8 +78,8 @@ void ln_backward_row(const T* dy, const T* dextra, const T* x, float mean, float
     const V xhat = ln_normalize(V::load(x + j, n), vmean, vrstd);
     const V g = vdy * V::load(gamma + j, n);
     sum_g = sum_g + g;
-    sum_g_xhat = sum_g_xhat + g * xhat;
-    (V::load(dgamma_acc + j, n) + vdy * xhat).store(dgamma_acc + j, n);
+    sum_g_xhat = fmadd(g, xhat, sum_g_xhat);
+    fmadd(vdy, xhat, V::load(dgamma_acc + j, n)).store(dgamma_acc + j, n);
     (V::load(dbeta_acc + j, n) + vdy).store(dbeta_acc + j, n);
   }
   const float inv_cols = 1.f / static_cast<float>(cols);

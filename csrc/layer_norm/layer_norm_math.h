@@ -23,8 +23,11 @@ GPT3D_HD float ln_rstd(float sum_sq_centred, int64_t cols, float eps) {
 template <class T>
 GPT3D_HD T ln_normalize(T x, T mean, T rstd) { return (x - mean) * rstd; }
 
+// a * b + c; the CPU vector types define a fused (one rounding) version, found by argument-dependent lookup.
+GPT3D_HD float fmadd(float a, float b, float c) { return a * b + c; }
+
 template <class T>
-GPT3D_HD T ln_affine(T xhat, T gamma, T beta) { return xhat * gamma + beta; }
+GPT3D_HD T ln_affine(T xhat, T gamma, T beta) { return fmadd(xhat, gamma, beta); }
 
 // d loss / d x for one element, given the row means of g = dy * gamma and of g * xhat.
 template <class T>

@@ -21,18 +21,32 @@ void store_zeros(T* y, int64_t from, int64_t to) {
   for (int64_t j = from; j < to; j += V::kWidth) V::zero().store(y + j, softmax_lanes<V>(to, j));
 }
 
-// Keys [0, visible) are candidates (the causal limit, or sk); `mask` (may be null) hides more of them.
+// Scaled, masked score of keys [j, j + n): -inf where the mask hides a key or past the first n lanes.
+template <class V, class T>
+inline V scaled_scores(const T* x, const bool* mask, int64_t j, int n, V vscale) {
+  const V neg_inf = V::set1(-__builtin_inff());
+  V v = V::load(x + j, n) * vscale;
+  if (mask != nullptr) v = V::select(V::load_mask(mask + j, n), neg_inf, v);
+  return n >= V::kWidth ? v : V::select(V::first(n), v, neg_inf);
+}
+
+// Keys [0, visible) are candidates (the causal limit, or sk); `mask` (may be null) hides more of them. Each pass runs
+// whole vectors first and the row's tail (fewer than kWidth keys) once, so the main loops carry no lane masks.
 template <class V, class T>
 void softmax_forward_row(const T* x, const bool* mask, T* y, int64_t sk, int64_t visible, float scale, float* scratch) {
-  const V vscale = V::set1(scale), neg_inf = V::set1(-__builtin_inff()), zero = V::zero();
-  V vmax = neg_inf;
-  for (int64_t j = 0; j < visible; j += V::kWidth) {  // pass 1: scaled, masked scores into scratch; row max
-    const int n = softmax_lanes<V>(visible, j);
-    V v = V::load(x + j, n) * vscale;
-    if (mask != nullptr) v = V::select(V::load_mask(mask + j, n), neg_inf, v);
-    v = V::select(V::first(n), v, neg_inf);
+  const V vscale = V::set1(scale), zero = V::zero();
+  const int64_t whole = visible - visible % V::kWidth;
+  const int tail = static_cast<int>(visible - whole);
+  V vmax = V::set1(-__builtin_inff());
+  for (int64_t j = 0; j < whole; j += V::kWidth) {  // pass 1: scaled, masked scores into scratch; row max
+    const V v = scaled_scores<V, T>(x, mask, j, V::kWidth, vscale);
     vmax = V::max(vmax, v);
-    v.store(scratch + j, n);
+    v.store(scratch + j);
+  }
+  if (tail > 0) {
+    const V v = scaled_scores<V, T>(x, mask, whole, tail, vscale);
+    vmax = V::max(vmax, v);
+    v.store(scratch + whole, tail);
   }
   const float row_max = vmax.hmax();
   if (!(row_max > -__builtin_inff())) {  // every key masked: the row is all zeros
@@ -41,17 +55,19 @@ void softmax_forward_row(const T* x, const bool* mask, T* y, int64_t sk, int64_t
   }
   const V vrow_max = V::set1(row_max);
   V vsum = zero;
-  for (int64_t j = 0; j < visible; j += V::kWidth) {  // pass 2: exponentials (masked keys give exactly 0)
-    const int n = softmax_lanes<V>(visible, j);
-    const V e = V::select(V::first(n), V::exp(V::load(scratch + j, n) - vrow_max), zero);
+  for (int64_t j = 0; j < whole; j += V::kWidth) {  // pass 2: exponentials (masked keys give exactly 0)
+    const V e = V::exp(V::load(scratch + j) - vrow_max);
     vsum = vsum + e;
-    e.store(scratch + j, n);
+    e.store(scratch + j);
+  }
+  if (tail > 0) {
+    const V e = V::select(V::first(tail), V::exp(V::load(scratch + whole, tail) - vrow_max), zero);
+    vsum = vsum + e;
+    e.store(scratch + whole, tail);
   }
   const V inv_sum = V::set1(1.f / vsum.sum());
-  for (int64_t j = 0; j < visible; j += V::kWidth) {  // pass 3: normalise
-    const int n = softmax_lanes<V>(visible, j);
-    (V::load(scratch + j, n) * inv_sum).store(y + j, n);
-  }
+  for (int64_t j = 0; j < whole; j += V::kWidth) (V::load(scratch + j) * inv_sum).store(y + j);  // pass 3: normalise
+  if (tail > 0) (V::load(scratch + whole, tail) * inv_sum).store(y + whole, tail);
   store_zeros<V>(y, visible, sk);
 }
 

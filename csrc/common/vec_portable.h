@@ -99,11 +99,6 @@ struct VecPortable {
   }
 };
 
-inline VecPortable operator+(VecPortable a, VecPortable b) { return {a.v + b.v}; }
-inline VecPortable operator-(VecPortable a, VecPortable b) { return {a.v - b.v}; }
-inline VecPortable operator*(VecPortable a, VecPortable b) { return {a.v * b.v}; }
-inline VecPortable fmadd(VecPortable a, VecPortable b, VecPortable c) { return a * b + c; }  // no FMA in the baseline
-
 }  // namespace
 }  // namespace gpt3d
 
@@ -132,6 +127,14 @@ struct VecPortable {
   float hmax() const { return v; }
 };
 
+}  // namespace
+}  // namespace gpt3d
+#endif
+
+namespace gpt3d {
+namespace {
+
+// Lane-wise arithmetic, the same for both definitions of VecPortable (`v` is a vector or one float).
 inline VecPortable operator+(VecPortable a, VecPortable b) { return {a.v + b.v}; }
 inline VecPortable operator-(VecPortable a, VecPortable b) { return {a.v - b.v}; }
 inline VecPortable operator*(VecPortable a, VecPortable b) { return {a.v * b.v}; }
@@ -139,4 +142,3 @@ inline VecPortable fmadd(VecPortable a, VecPortable b, VecPortable c) { return a
 
 }  // namespace
 }  // namespace gpt3d
-#endif

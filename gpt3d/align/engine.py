@@ -15,13 +15,6 @@ from gpt3d.model.init import param_full_name
 from gpt3d.parallel.context import Group, ParallelContext
 
 
-def replica_group(ctx: ParallelContext) -> Group:
-    """The tp x pp ranks of this rank's data-parallel replica (collective: every rank calls it, in the same order)."""
-    L = ctx.layout
-    return ctx._make_groups("replica", [[L.rank_of(t, d, p) for p in range(L.pp) for t in range(L.tp)]
-                                        for d in range(L.dp)])
-
-
 def share_in_replica(ctx: ParallelContext, replica: Group, obj):
     """`obj` as this replica's first rank of the last pipeline stage holds it, on every rank of the replica."""
     if replica.size == 1:

@@ -14,6 +14,7 @@ from gpt3d.config.generate import SamplingConfig
 from gpt3d.config.run import RunConfig
 from gpt3d.finetune.objectives import PackedBatch, objective_for, reward_scores
 from gpt3d.finetune.trainer import ObjectiveTrainer, set_objective
+from gpt3d.parallel import comm
 from gpt3d.parallel.build import build_model_chunks
 from gpt3d.parallel.pipeline.p2p import P2PShape
 from gpt3d.parallel.pipeline.runner import StageRunner
@@ -21,7 +22,7 @@ from gpt3d.train.loop import global_batch
 from gpt3d.train.runtime import Runtime
 
 from .data import build_pretraining, prompt_of, pretraining_rows, ptx_batch_size, rollout_rows
-from .engine import replica_group, rollout_engine, sample
+from .engine import rollout_engine, sample
 from .objective import METRICS, Pretraining, Rollout, make_reference_logps, make_rollout_stats
 from .rollouts import attach_rollouts
 
@@ -45,7 +46,7 @@ class AlignTrainer(ObjectiveTrainer):
         set_objective(self.reward, reward_scores)
         self.pad_id = tokenizer_for(cfg.data, cfg.data.cache_dir).eod_id
         self.pretraining = build_pretraining(cfg) if ppo.ptx_coef > 0 else None
-        self.replica = replica_group(self.ctx)  # the ranks that share this replica's rollouts
+        self.replica = self.ctx.replica_group()  # the ranks that share this replica's rollouts
         self.current: tuple[list, list[PackedBatch]] | None = None
 
     # -- rollouts -------------------------------------------------------------------------------------------------
@@ -121,13 +122,11 @@ class AlignTrainer(ObjectiveTrainer):
 
     def objective_metrics(self, batches: list[PackedBatch]) -> dict:
         """METRICS averaged over the global batch's PPO micro-batches (every rank)."""
-        import torch.distributed as dist
         total = torch.zeros(len(METRICS), dtype=torch.float64, device=self.ctx.device)
         rollouts = [b for b in batches if isinstance(b.align, Rollout)] if self.ctx.is_last_stage else []
         for batch in rollouts:
             if self.ctx.tp_rank == 0:
                 total += torch.stack([batch.metrics[n].double() for n in METRICS])
-        if self.ctx.world_group.size > 1:
-            dist.all_reduce(total, group=self.ctx.world_group.pg)
+        comm.all_reduce(total, self.ctx.world_group, "ppo_metrics")
         count = self.cfg.train.global_batch_size // self.cfg.train.micro_batch_size
         return dict(zip(METRICS, (total / count).tolist()))

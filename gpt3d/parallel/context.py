@@ -161,6 +161,7 @@ class ParallelContext:
         emb += [[L.rank_of(t, d, p)] for p in range(1, L.pp) if p != last for d in range(L.dp) for t in range(L.tp)]
         self.embedding_group = self._make_groups("embedding", emb)
         self.world_group = self._make_groups("world", [list(range(L.world_size))])
+        self._replica_group: Optional[Group] = None
 
     def _make_groups(self, name: str, all_ranks: list[list[int]]) -> Group:
         """Create every group of this kind (collective on all ranks, in the same order) and keep this rank's."""
@@ -187,6 +188,15 @@ class ParallelContext:
 
     def coords_text(self) -> str:
         return f"rank {self.rank} (tp {self.tp_rank}, dp {self.dp_rank}, pp {self.pp_rank})"
+
+    def replica_group(self) -> Group:
+        """The tp x pp ranks of this rank's model replica (one dp index). Only alignment's rollouts need it, so it is
+        made on first use: a collective, which every rank reaches at the same point."""
+        if self._replica_group is None:
+            L = self.layout
+            self._replica_group = self._make_groups(
+                "replica", [[L.rank_of(t, d, p) for p in range(L.pp) for t in range(L.tp)] for d in range(L.dp)])
+        return self._replica_group
 
     def groups(self) -> list[Group]:
         return [self.tp_group, self.dp_group, self.pp_group, self.embedding_group]

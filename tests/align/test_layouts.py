@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.finetune.tasks import run_layout_job
 from tests.parallel.harness import layout_overrides, register, results
 
 from .tasks import MODEL, ppo_overrides, prepare
@@ -25,18 +26,7 @@ LAYOUTS = {"tp2": (2, layout_overrides(2, 1, 1)), "pp2": (2, layout_overrides(1,
 def ppo_job(rank: int, world_size: int, overrides: list[str]) -> dict:
     from gpt3d.align.data import build_prompts
     from gpt3d.align.trainer import AlignTrainer
-    from gpt3d.config import load_config
-    from gpt3d.parallel.gather import gather_full
-    from gpt3d.train.loop import global_batch
-    from gpt3d.train.runtime import init_runtime
-    cfg = load_config(None, BASE + ppo_overrides(ROOT) + overrides)
-    rt = init_runtime(cfg, rank, world_size, rank, world_size)
-    trainer = AlignTrainer(cfg, rt)
-    data = build_prompts(cfg)["train"]
-    steps = [trainer.train_step(global_batch(data, step, cfg.train.global_batch_size)) for step in range(STEPS)]
-    params = gather_full(rt.ctx, trainer.chunks, "param")
-    out = {"losses": [r.loss for r in steps], "metrics": [r.metrics for r in steps], "params": params}
-    return out if rank == 0 else {}
+    return run_layout_job(rank, world_size, BASE + ppo_overrides(ROOT) + overrides, AlignTrainer, build_prompts, STEPS)
 
 
 register(1, "ppo 1x1x1", ppo_job, [], group="align")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--set", "train.threads=1", "--set", "model.d_model=32", "--set", "model.n_layers=4",
         "--set", "model.seq_len=16", "--set", "parallel.bucket_mb=0.01"]
@@ -53,6 +55,18 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in metrics(run_dir)}
+
+
+def assert_resume_continues(step2_checkpoint: Path, reference_run: Path, out: Path, *flags: str) -> None:
+    """`gpt3d train --resume` of a step-2 checkpoint with `flags` (another layout or schedule) runs steps 3 and 4 with
+    the reference run's losses, up to the order of float sums."""
+    result = run(train_cmd(out, 4, *flags, "--resume", str(step2_checkpoint)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "at step 2 with optimizer state" in result.stdout
+    got, reference = losses(out), losses(reference_run)
+    assert sorted(got) == [3, 4]
+    for step in (3, 4):
+        assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=0)
 
 
 def run_and_kill_after(cmd: list[str], run_dir: Path, step: int, timeout: float = 600) -> int:

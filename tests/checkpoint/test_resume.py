@@ -6,7 +6,7 @@ import pytest
 
 from gpt3d.checkpoint import Checkpoint, latest_checkpoint
 
-from .helpers import gpt3d, losses, metrics, run, run_and_kill_after, train_cmd
+from .helpers import assert_resume_continues, gpt3d, losses, metrics, run, run_and_kill_after, train_cmd
 
 STEPS = 8
 SLOWER = ["--set", "model.d_model=64", "--set", "model.seq_len=32"]  # steps long enough to kill between them
@@ -84,14 +84,7 @@ def test_resume_in_another_layout(tp2pp2dp2, tmp_path, target):
     ckpt = Checkpoint(tp2pp2dp2 / "checkpoints" / "step_00000002")
     assert ckpt.layout["distributed_optimizer"] and any(
         p["flat"] for p in ckpt.tensors["optim/exp_avg/blocks.0.mlp.fc1.weight"]["pieces"])  # shards cut params
-    out = tmp_path / "run"
-    result = run(train_cmd(out, 4, *CROSS[target], "--resume", str(ckpt.path)))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "at step 2 with optimizer state" in result.stdout
-    got, ref = losses(out), losses(tp2pp2dp2)
-    assert sorted(got) == [3, 4]
-    for step in (3, 4):
-        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=0)
+    assert_resume_continues(ckpt.path, tp2pp2dp2, tmp_path / "run", *CROSS[target])
 
 
 def test_sigterm_saves_and_exits_zero_then_resumes_exactly(tmp_path):

@@ -14,7 +14,7 @@ from gpt3d.checkpoint.convert import convert
 from gpt3d.checkpoint.errors import CheckpointError
 from gpt3d.checkpoint.plan import TargetLayout, rank_regions
 
-from .helpers import gpt3d, losses, run, train_cmd
+from .helpers import assert_resume_continues, gpt3d, losses, run, train_cmd
 
 ZBV_PP2 = ["--pp", "2", "--set", "parallel.schedule=zbv"]  # tiny-test: 4 layers = 2*pp chunks, 4 micro-batches
 
@@ -125,14 +125,7 @@ def test_convert_zbv_through_hugging_face_is_exact(zbv_run, tmp_path):
 
 def test_resume_zbv_checkpoint_as_1f1b_pp4(zbv_run, tmp_path):
     """Another schedule and layout continue the same training (losses equal up to the order of float sums)."""
-    out = tmp_path / "run"
-    result = run(train_cmd(out, 4, "--pp", "4", "--resume", str(_step2(zbv_run))))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "at step 2 with optimizer state" in result.stdout
-    got, reference = losses(out), losses(zbv_run)
-    assert sorted(got) == [3, 4]
-    for step in (3, 4):
-        assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=0)
+    assert_resume_continues(_step2(zbv_run), zbv_run, tmp_path / "run", "--pp", "4")
 
 
 def test_convert_refuses_a_schedule_the_layout_cannot_run(zbv_run, tmp_path):

@@ -76,3 +76,20 @@ def prepare() -> dict[str, list[str]]:
             os.replace(tmp, path)
         out[name] = [f"train.objective={objective}", f"finetune.data={path}", f"data.tokenizer_dir={tok}", *extra]
     return out
+
+
+def run_layout_job(rank: int, world_size: int, overrides: list[str], trainer_class, build_data, steps: int) -> dict:
+    """Train `steps` steps of `trainer_class` on `build_data(cfg)["train"]` in this rank's layout; rank 0 returns the
+    losses, metrics and the full (gathered) parameters, which the layout tests compare with the single process."""
+    from gpt3d.config import load_config
+    from gpt3d.parallel.gather import gather_full
+    from gpt3d.train.loop import global_batch
+    from gpt3d.train.runtime import init_runtime
+    cfg = load_config(None, overrides)
+    rt = init_runtime(cfg, rank, world_size, rank, world_size)
+    trainer = trainer_class(cfg, rt)
+    data = build_data(cfg)["train"]
+    results = [trainer.train_step(global_batch(data, step, cfg.train.global_batch_size)) for step in range(steps)]
+    params = gather_full(rt.ctx, trainer.chunks, "param")
+    out = {"losses": [r.loss for r in results], "metrics": [r.metrics for r in results], "params": params}
+    return out if rank == 0 else {}

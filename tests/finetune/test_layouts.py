@@ -9,7 +9,7 @@ import torch
 
 from tests.parallel.harness import layout_overrides, register, results
 
-from .tasks import prepare
+from .tasks import prepare, run_layout_job
 
 TASKS = prepare()
 STEPS = 3
@@ -34,20 +34,9 @@ SHIFT_INVARIANT = {"reward": ("final_ln.bias", "task_heads.reward.bias"), "class
 
 
 def finetune_job(rank: int, world_size: int, overrides: list[str]) -> dict:
-    from gpt3d.config import load_config
     from gpt3d.finetune.data import build_finetune_data
     from gpt3d.finetune.trainer import ObjectiveTrainer
-    from gpt3d.parallel.gather import gather_full
-    from gpt3d.train.loop import global_batch
-    from gpt3d.train.runtime import init_runtime
-    cfg = load_config(None, BASE + overrides)
-    rt = init_runtime(cfg, rank, world_size, rank, world_size)
-    trainer = ObjectiveTrainer(cfg, rt)
-    data = build_finetune_data(cfg)["train"]
-    results = [trainer.train_step(global_batch(data, step, cfg.train.global_batch_size)) for step in range(STEPS)]
-    params = gather_full(rt.ctx, trainer.chunks, "param")
-    out = {"losses": [r.loss for r in results], "metrics": [r.metrics for r in results], "params": params}
-    return out if rank == 0 else {}
+    return run_layout_job(rank, world_size, BASE + overrides, ObjectiveTrainer, build_finetune_data, STEPS)
 
 
 def independent_first_loss(rank: int, world_size: int, overrides: list[str]) -> float:

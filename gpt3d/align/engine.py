@@ -4,26 +4,15 @@ data-parallel replica samples its own share of the prompts; the completions are 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from gpt3d.config.model import ModelConfig
 from gpt3d.config.generate import SamplingConfig
 from gpt3d.inference import InferenceEngine
+from gpt3d.inference.pipeline import from_last_stage
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import param_full_name
 from gpt3d.parallel.context import Group, ParallelContext
-
-
-def share_in_replica(ctx: ParallelContext, replica: Group, obj):
-    """`obj` as this replica's first rank of the last pipeline stage holds it, on every rank of the replica."""
-    if replica.size == 1:
-        return obj
-    L = ctx.layout
-    src = L.rank_of(0, ctx.dp_rank, L.pp - 1)
-    box = [obj if ctx.rank == src else None]
-    dist.broadcast_object_list(box, src=src, group=replica.pg)
-    return box[0]
 
 
 def sample(engine: InferenceEngine, replica: Group, prompts: list[list[int]], sampling: SamplingConfig,
@@ -34,7 +23,7 @@ def sample(engine: InferenceEngine, replica: Group, prompts: list[list[int]], sa
     engine.generate(prompts, sampling, request_ids=request_ids,
                     on_complete=lambda c: finished.__setitem__(c.index, list(c.tokens)))
     mine = [finished[i] for i in request_ids] if engine.stage.last else None
-    return share_in_replica(engine.ctx, replica, mine)
+    return from_last_stage(engine.ctx, mine, replica)
 
 
 def rollout_engine(chunk: nn.Module, ctx: ParallelContext, cfg: ModelConfig) -> InferenceEngine:

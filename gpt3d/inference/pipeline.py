@@ -5,10 +5,12 @@ until `finish`), receives block; every pair of ranks sees its messages in one de
 overlap work on different micro-batches without deadlock."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 
-from gpt3d.parallel.context import ParallelContext
+from gpt3d.parallel.context import Group, ParallelContext
 
 
 class StageLink:
@@ -58,13 +60,14 @@ class StageLink:
         self._pending.clear()
 
 
-def from_last_stage(ctx: ParallelContext, obj):
+def from_last_stage(ctx: ParallelContext, obj, replica: Optional[Group] = None):
     """`obj` as the first rank of the last pipeline stage holds it, on every rank (one object broadcast; nothing to do
-    on one rank). Results of generation and scoring are computed there."""
-    if ctx.layout.world_size == 1:
+    on one rank). Results of generation and scoring are computed there. With `replica` (alignment's rollouts, one per
+    data-parallel index), the broadcast stays inside this rank's model replica."""
+    if (ctx.layout.world_size if replica is None else replica.size) == 1:
         return obj
     L = ctx.layout
-    src = L.rank_of(0, 0, L.pp - 1)
+    src = L.rank_of(0, 0 if replica is None else ctx.dp_rank, L.pp - 1)
     box = [obj if ctx.rank == src else None]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=None if replica is None else replica.pg)
     return box[0]

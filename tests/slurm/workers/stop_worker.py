@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from gpt3d.launch.spawn import leave_job
 from gpt3d.slurm.preemption import PreemptionHandler
 
 handler = PreemptionHandler().install()
@@ -23,3 +24,7 @@ while not handler.stop_requested():
         sys.exit("no stop within 60 s")
 received = handler.signal_received.name if handler.signal_received else "none"
 print(f"STOPPED step {step} signal {received}", flush=True)
+# End as every gpt3d rank does (barrier, destroy the group, os._exit): a plain interpreter exit with a live gloo group
+# can abort in gloo's static destructors ("terminate called without an active exception"), a teardown race that has
+# nothing to do with the stop being tested.
+leave_job()

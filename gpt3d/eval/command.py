@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="eval", help="directory for results.json and the plots")
     parser.add_argument("--icl-score", action="store_true", help="also report the in-context learning score")
     parser.add_argument("--induction", action="store_true", help="also write the per-head induction-score heatmap")
+    parser.add_argument("--induction-period", type=int, default=0,
+                        help="length T of the random run repeated for the induction score (default: context / 2)")
     parser.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks, run with gpt3d as model")
     parser.add_argument("--lm-eval-include", help="lm-eval --include_path: a directory of task YAMLs")
 
@@ -57,7 +59,7 @@ def _rank_main(rank: int, world_size: int, args, pairs, windows, vocab: int) -> 
     if windows:
         out["icl"] = icl_score(engine, windows, args.batch_size)
     if args.induction:
-        out["induction"] = induction_scores(engine, vocab).tolist()
+        out["induction"] = induction_scores(engine, vocab, half=args.induction_period).tolist()
     return out
 
 
@@ -81,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--limit {args.limit}: must be >= 1")
         cfg, _, _ = open_source(args.checkpoint, args.source)
         check_inference_layout(cfg, args.tp, args.pp)
+        if args.induction_period and not 1 <= args.induction_period <= cfg.seq_len // 2:
+            raise ConfigError(f"--induction-period {args.induction_period}: must be between 1 and half the context "
+                              f"({cfg.seq_len // 2}), so that the run fits twice")
         tokenizer = None
         if names or args.icl_score:
             tokenizer = find_tokenizer(args.checkpoint, args.source, args.tokenizer)
@@ -111,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
         if "induction" in got:
             import torch
             scores = torch.tensor(got["induction"])
-            results["induction"] = {"scores": got["induction"], "max": float(scores.max())}
-            induction_heatmap(scores, out_dir / "induction_heads.png", "induction score per head")
+            period = args.induction_period or cfg.seq_len // 2
+            results["induction"] = {"scores": got["induction"], "max": float(scores.max()), "period": period}
+            induction_heatmap(scores, out_dir / "induction_heads.png", f"induction score per head (random run of {period} tokens, repeated)")
             layer, head = divmod(int(scores.argmax()), scores.shape[1])
             print(f"induction: strongest head layer {layer} head {head}, score {float(scores.max()):.3f}")
     if args.lm_eval_tasks:

@@ -6,7 +6,8 @@ default foreach/for-loop AdamW is slower), bf16 via autocast. gpt3d runs with mo
 (the fused kernels must never make the step slower). Printed per dtype: step time, tokens/s, model TFLOP/s, MFU against
 the hardware peak (cores x clock x FLOPs/cycle, gpt3d/profiler/cpu_peak.py), the fraction of a GEMM rate measured in
 the same run ("of GEMM", not an MFU), the speed ratio over Hugging Face, and over gpt3d with the reference kernels
-(fused / auto must be >= 1.00x there). Usage:
+(fused / auto must be >= 1.00x there). In bf16 a fifth run, "gpt3d bf16 GEMM", is gpt3d auto with
+model.bf16_matmul=bf16 (torch's bf16 GEMMs), to show what auto's choice of GEMM (gpt3d/model/linear.py) is worth. Usage:
     python benchmarks/train_step.py [--layers 6 --d-model 512 --heads 8 --seq 512 --batch 4 --steps 9 --quick]
                                     [--dtype fp32|bf16|both]
 """
@@ -52,8 +53,8 @@ def time_steps(step, steps: int) -> float:
     return statistics.median(times)
 
 
-def gpt3d_step_fn(args, dtype: str, batch: np.ndarray, kernels: str):
-    cfg = load_config(None, ["preset=gpt2-small", f"model.kernels={kernels}", f"model.n_layers={args.layers}", f"model.d_model={args.d_model}",
+def gpt3d_step_fn(args, dtype: str, batch: np.ndarray, kernels: str, bf16_matmul: str = "auto"):
+    cfg = load_config(None, ["preset=gpt2-small", f"model.kernels={kernels}", f"model.bf16_matmul={bf16_matmul}", f"model.n_layers={args.layers}", f"model.d_model={args.d_model}",
                              f"model.n_heads={args.heads}", f"model.seq_len={args.seq}", "model.hidden_dropout=0.0",
                              "model.attn_dropout=0.0", f"train.global_batch_size={args.batch}",
                              f"train.micro_batch_size={args.batch}", f"train.dtype={dtype}", "optim.grad_clip=1.0",
@@ -112,6 +113,8 @@ def main() -> None:
         runs = {}
         for kernels in ("auto", "fused", "reference"):
             cfg, runs[f"gpt3d {kernels}"] = gpt3d_step_fn(args, dtype, batch, kernels)
+        if dtype == "bf16":  # the bf16_matmul lever on its own: torch's bf16 GEMMs instead of auto's choice
+            _, runs["gpt3d bf16 GEMM"] = gpt3d_step_fn(args, dtype, batch, "auto", "bf16")
         runs["hf (fused AdamW)"] = hf_step_fn(args, dtype, batch)
         flops = megatron_model_flops(cfg.model, args.batch, args.seq)
         tokens = args.batch * args.seq

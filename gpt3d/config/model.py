@@ -37,6 +37,10 @@ class ModelConfig:
     dense_attention: Literal["sdpa", "softmax"] = field(
         "sdpa", doc="dense attention core: sdpa = torch's fused attention; softmax = explicit scores + gpt3d's fused "
                     "scaled causal softmax (or its reference when kernels: reference)")
+    bf16_matmul: Literal["auto", "bf16", "fp32"] = field(
+        "auto", doc="bf16 linear layers on a CPU: bf16 = torch's bf16 GEMM; fp32 = the same product as an fp32 GEMM "
+                    "rounded once to bf16 (faster on CPUs without AMX); auto = fp32 on a CPU without AMX-BF16, else "
+                    "bf16 (gpt3d/model/linear.py). Other dtypes and GPUs are unaffected")
     kernels: Literal["auto", "fused", "reference"] = field(
         "auto", doc="auto = each fused csrc/ kernel only where it beats PyTorch eager on this CPU path (a per-ISA table, "
                     "gpt3d/kernels/_select.py), else PyTorch; fused = csrc/ kernels when built (falls back to reference "

@@ -29,10 +29,14 @@ def embed_tokens(stage: GPTStage, ids: torch.Tensor, positions: torch.Tensor) ->
     return tokens + embed.pos.weight[positions.clamp(min=0)]
 
 
+# fp32: fewer rows than this go through the column-major weight (MKL is faster there), more through oneDNN's packed one
+PACKED_FP32_MIN_ROWS = 4
+
+
 def _linear(module, x: torch.Tensor) -> torch.Tensor:
-    """module(x), or with a oneDNN-prepacked bf16 CPU weight (gpt3d/inference/loading.py) that GEMM: same numbers."""
+    """module(x), or with a oneDNN-prepacked CPU weight (gpt3d/inference/loading.py) that GEMM."""
     packed = getattr(module, "packed_weight", None)
-    if packed is None:
+    if packed is None or (x.dtype == torch.float32 and x.numel() < PACKED_FP32_MIN_ROWS * x.shape[-1]):
         return module(x)
     return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 

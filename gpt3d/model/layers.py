@@ -15,6 +15,7 @@ from torch import nn
 from gpt3d.config.model import ModelConfig
 
 from . import ops
+from .linear import Linear, linear
 
 
 class LayerNorm(nn.Module):
@@ -56,8 +57,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.d_head = cfg.d_head
         self.kind = kind
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.attn_width)
-        self.proj = nn.Linear(cfg.attn_width, cfg.d_model)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.attn_width, cfg.bf16_matmul)
+        self.proj = Linear(cfg.attn_width, cfg.d_model, cfg.bf16_matmul)
         self.attn_dropout = Dropout(cfg.attn_dropout)
         self.dense_core = cfg.dense_attention
         self.impl = cfg.kernels
@@ -109,8 +110,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.fc1 = Linear(cfg.d_model, cfg.d_ff, cfg.bf16_matmul)
+        self.fc2 = Linear(cfg.d_ff, cfg.d_model, cfg.bf16_matmul)
         self.activation = cfg.activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,10 +194,12 @@ class LMHead(nn.Module):
         self.vocab_size = cfg.vocab_size
         self.weight = nn.Parameter(torch.empty(cfg.padded_vocab_size, cfg.d_model)) if own_weight else None
         self.pad_bias = PaddedVocabBias(cfg.padded_vocab_size, 0, cfg.vocab_size)
+        self.bf16_matmul = cfg.bf16_matmul
 
     def padded_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Logits over the padded vocabulary, -inf in the padded columns."""
-        return F.linear(hidden, weight, self.pad_bias(hidden))  # the bias is built in the activations' dtype
+        # the bias is built in the activations' dtype
+        return linear(hidden, weight, self.pad_bias(hidden), self.bf16_matmul, keep_fp32=True)
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.padded_logits(hidden, weight)[..., : self.vocab_size]

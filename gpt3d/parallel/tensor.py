@@ -18,6 +18,7 @@ from torch import nn
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import ShardInfo
 from gpt3d.model.layers import Dropout, Embedding, LMHead, PaddedVocabBias
+from gpt3d.model.linear import linear as model_linear
 
 from . import comm
 from .context import Group
@@ -42,10 +43,11 @@ class ColumnParallelLinear(nn.Module):
         self.bias = _sharded_param((out // group.size,), linear.bias, shard)
         self.group, self.sequence_parallel = group, sequence_parallel
         self.weight_grad_store: Optional[WeightGradStore] = None  # set: B/W-split backward (zero-bubble schedules)
+        self.bf16_matmul = getattr(linear, "bf16_matmul", "auto")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = comm.gather_from_sp(x, self.group) if self.sequence_parallel else comm.copy_to_tp(x, self.group)
-        return linear(x, self.weight, self.bias, self.weight_grad_store)
+        return linear(x, self.weight, self.bias, self.weight_grad_store, self.bf16_matmul)
 
 
 class RowParallelLinear(nn.Module):
@@ -59,9 +61,10 @@ class RowParallelLinear(nn.Module):
             self.bias.tp_partial_grad = True  # each rank sees only its sequence shard: sum grads over TP
         self.group, self.sequence_parallel = group, sequence_parallel
         self.weight_grad_store: Optional[WeightGradStore] = None  # set: B/W-split backward (zero-bubble schedules)
+        self.bf16_matmul = getattr(linear, "bf16_matmul", "auto")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        partial = linear(x, self.weight, None, self.weight_grad_store)
+        partial = linear(x, self.weight, None, self.weight_grad_store, self.bf16_matmul)
         if self.sequence_parallel:
             out = comm.reduce_scatter_to_sp(partial, self.group)
         else:
@@ -148,6 +151,7 @@ class VocabParallelLMHead(LMHead):
     def __init__(self, head: LMHead, group: Group, sequence_parallel: bool, padded_vocab: int):
         nn.Module.__init__(self)
         self.vocab_size = head.vocab_size
+        self.bf16_matmul = head.bf16_matmul
         self.group, self.sequence_parallel = group, sequence_parallel
         if head.weight is not None:
             rows, dim = head.weight.shape
@@ -161,7 +165,7 @@ class VocabParallelLMHead(LMHead):
     def _local_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         hidden = comm.gather_from_sp(hidden, self.group) if self.sequence_parallel else comm.copy_to_tp(hidden,
                                                                                                           self.group)
-        return F.linear(hidden, weight, self.pad_bias(hidden))
+        return model_linear(hidden, weight, self.pad_bias(hidden), self.bf16_matmul, keep_fp32=True)
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Full logits (gathered: for inference and interop only; training never calls this)."""

@@ -12,8 +12,10 @@ import contextlib
 from typing import Callable, Hashable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from gpt3d.model.linear import in_fp32, matmul, weight_gradient
+from gpt3d.model.linear import linear as model_linear
 
 
 class WeightGradStore:
@@ -36,8 +38,8 @@ class WeightGradStore:
         finally:
             self._key = None
 
-    def defer(self, param: nn.Parameter, inputs: torch.Tensor, grad_output: torch.Tensor) -> None:
-        self.pending[self._key].append((param, inputs, grad_output))
+    def defer(self, param: nn.Parameter, inputs: torch.Tensor, grad_output: torch.Tensor, fp32: bool) -> None:
+        self.pending[self._key].append((param, inputs, grad_output, fp32))
 
     def flush(self, key: Hashable) -> None:
         """W of `key`: compute and add every weight gradient its B deferred, in the order B produced them."""
@@ -45,21 +47,16 @@ class WeightGradStore:
             self._flush(key)
 
     def _flush(self, key: Hashable) -> None:
-        for param, inputs, grad_output in self.pending.pop(key):
-            self.add_weight_grad(param, weight_gradient(inputs, grad_output))
+        for param, inputs, grad_output, fp32 in self.pending.pop(key):
+            self.add_weight_grad(param, weight_gradient(inputs, grad_output, fp32))
 
     def clear(self) -> None:
         self.pending.clear()
 
 
-def weight_gradient(inputs: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-    """dL/dW of y = x W^T: sum over tokens of grad_y^T x."""
-    return grad_output.reshape(-1, grad_output.shape[-1]).t().matmul(inputs.reshape(-1, inputs.shape[-1]))
-
-
 class _SplitLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, store: WeightGradStore):
+    def forward(ctx, x, weight, bias, store: WeightGradStore, bf16_matmul: str):
         device = x.device.type
         if torch.is_autocast_enabled(device):  # cast as autocast would, and keep the cast copies for backward
             dtype = torch.get_autocast_dtype(device)
@@ -68,31 +65,32 @@ class _SplitLinear(torch.autograd.Function):
         else:
             x_c, w_c, b_c = x, weight, bias
         with torch.autocast(device, enabled=False):
-            out = F.linear(x_c, w_c, b_c)
+            out = model_linear(x_c, w_c, b_c, bf16_matmul)
         ctx.save_for_backward(x_c, w_c)
         ctx.param, ctx.store, ctx.has_bias = weight, store, bias is not None
+        ctx.fp32 = in_fp32(x_c, bf16_matmul)
         return out
 
     @staticmethod
     def backward(ctx, grad_output):
         x, w = ctx.saved_tensors
         grad_output = grad_output.to(w.dtype)
-        grad_input = grad_output.matmul(w) if ctx.needs_input_grad[0] else None
+        grad_input = matmul(grad_output, w, ctx.fp32) if ctx.needs_input_grad[0] else None
         grad_bias = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0)
         grad_weight = None
         if ctx.needs_input_grad[1]:
             if ctx.store.capturing:
-                ctx.store.defer(ctx.param, x, grad_output)
+                ctx.store.defer(ctx.param, x, grad_output, ctx.fp32)
             else:
-                grad_weight = weight_gradient(x, grad_output)
-        return grad_input, grad_weight, grad_bias, None
+                grad_weight = weight_gradient(x, grad_output, ctx.fp32)
+        return grad_input, grad_weight, grad_bias, None, None
 
 
 def linear(x: torch.Tensor, weight: nn.Parameter, bias: Optional[torch.Tensor],
-           store: Optional[WeightGradStore]) -> torch.Tensor:
-    """F.linear, with a B/W-splittable backward when a store is attached."""
+           store: Optional[WeightGradStore], bf16_matmul: str = "auto") -> torch.Tensor:
+    """gpt3d.model.linear.linear, with a B/W-splittable backward when a store is attached."""
     if store is None or not torch.is_grad_enabled():
-        return F.linear(x, weight, bias)
-    return _SplitLinear.apply(x, weight, bias, store)
+        return model_linear(x, weight, bias, bf16_matmul)
+    return _SplitLinear.apply(x, weight, bias, store, bf16_matmul)

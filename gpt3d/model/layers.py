@@ -15,6 +15,7 @@ from torch import nn
 from gpt3d.config.model import ModelConfig
 
 from . import ops
+from .cross_entropy import cross_entropy
 from .linear import Linear, linear
 
 
@@ -162,9 +163,10 @@ class Embedding(nn.Module):
 
 
 class PaddedVocabBias:
-    """A constant bias of 0 for real and -inf for padded vocabulary rows, added inside the head's GEMM: the padded
-    logits come out as -inf at no extra pass over the logits (their softmax and gradients are exactly 0), and the
-    weight gradient keeps its padded shape without a slice-and-pad copy."""
+    """A constant bias of 0 for real and -inf for padded vocabulary rows, added by the head's GEMM where padded logits
+    are returned (log-probabilities, entropy, inference): their softmax and gradients are exactly 0, and the weight
+    gradient keeps its padded shape without a slice-and-pad copy. The training loss does without it (addmm first
+    copies the bias into the whole output: one more pass over the logits) and reads only the real columns."""
 
     def __init__(self, rows: int, vocab_start: int, vocab_size: int):
         self.rows, self.vocab_start, self.vocab_size = rows, vocab_start, vocab_size
@@ -205,5 +207,6 @@ class LMHead(nn.Module):
         return self.padded_logits(hidden, weight)[..., : self.vocab_size]
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.padded_logits(hidden, weight)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())  # the loss in fp32
+        # no padding bias: the loss reads only the real vocabulary's columns (gpt3d/model/cross_entropy.py), in fp32
+        logits = linear(hidden, weight, None, self.bf16_matmul, keep_fp32=True)
+        return cross_entropy(logits.flatten(0, 1), labels.flatten(), self.vocab_size)

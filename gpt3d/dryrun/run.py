@@ -2,6 +2,8 @@
 timeline. Nothing is allocated; the result is the rank's peak bytes per category."""
 from __future__ import annotations
 
+import dataclasses
+
 import time
 import warnings
 from dataclasses import dataclass
@@ -69,10 +71,10 @@ def _label_deferred_weight_grads(tracker: MemoryTimeline, trainer: Trainer) -> N
         return
     defer = store.defer
 
-    def labelled(param, inputs, grad_output):
+    def labelled(param, inputs, grad_output, fp32):
         tracker.label([grad_output], "deferred_w")
         tracker.label([inputs], "deferred_w", only_from="temporaries")
-        defer(param, inputs, grad_output)
+        defer(param, inputs, grad_output, fp32)
     store.defer = labelled
 
 
@@ -114,6 +116,9 @@ def dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional[
 
 def _dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional[int]) -> DryRunResult:
     start = time.perf_counter()
+    # The fake tensors live on the CPU but stand in for GPU memory: take the GPU's GEMMs (model.bf16_matmul auto is
+    # torch's bf16 GEMM there), not the CPU's fp32 route, whose fp32 logits and casts a GPU never allocates.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, bf16_matmul="bf16"))
     runtime = init_fake_rank(cfg, world_size, rank)
     try:
         ctx = runtime.ctx

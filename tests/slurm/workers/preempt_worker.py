@@ -36,5 +36,9 @@ received = handler.signal_received.name if handler.signal_received else "none"
 print(f"STOP rank {info.rank} step {step} signal {received}", flush=True)
 dist.barrier()  # stands for the collective checkpoint save: complete on every rank before the requeue
 if info.rank == 0:
-    print(f"REQUEUED {requeue_job()}", flush=True)
+    # Printed before the call: the requeue kills this job step asynchronously, so a line printed after it can be lost
+    # (seen in CI under load). The restart that follows shows that it worked.
+    print(f"REQUEUING rank {info.rank} step {step}", flush=True)
+    if not requeue_job():
+        sys.exit("rank 0: scontrol requeue failed")
 sys.exit(0)

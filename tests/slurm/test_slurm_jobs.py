@@ -72,10 +72,15 @@ def test_usr1_makes_every_rank_stop_and_the_job_requeue_itself(slurm_cluster, tm
     log = (run_dir / f"slurm-{job_id}.out").read_text()
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", log
     assert "batch shell received SIGUSR1" in log
-    stops = re.findall(r"STOP rank (\d) step (\d+) signal SIGUSR1", log)
-    assert sorted(r for r, _ in stops) == ["0", "1"], log
-    assert len({step for _, step in stops}) == 1, f"ranks stopped at different steps: {stops}"
-    assert f"REQUEUING rank 0 step {stops[0][1]}" in log  # rank 0 asked for the requeue after the common stop
+    # from marker files: srun can lose the tasks' last output lines when the requeue ends the step
+    stops = [m.groups() for f in sorted(ready.iterdir()) if (m := re.fullmatch(r"stop-rank-(\d)-step-(\d+)-signal-(\w+)",
+                                                                                 f.name))]
+    assert sorted(r for r, _, _ in stops) == ["0", "1"], log
+    assert len({step for _, step, _ in stops}) == 1, f"ranks stopped at different steps: {stops}"
+    # The stop is all-reduced: a rank whose forwarded signal had not arrived yet stops with the others (signal none,
+    # seen in CI), but some rank must have received it.
+    assert {signal for _, _, signal in stops} <= {"SIGUSR1", "none"} and "SIGUSR1" in {s for _, _, s in stops}, log
+    assert (ready / f"requeuing-rank-0-step-{stops[0][1]}").exists()  # rank 0 asked for it after the common stop
     assert sorted(re.findall(r"RESUMED rank (\d) restart 1", log)) == ["0", "1"], log
     assert "(restart 1)" in log  # the batch script ran again, appending to the same log
 

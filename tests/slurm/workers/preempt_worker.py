@@ -34,11 +34,12 @@ while not handler.stop_requested():  # all-reduced: every rank leaves at the sam
         sys.exit(f"rank {info.rank}: no stop signal within 120 s")
 received = handler.signal_received.name if handler.signal_received else "none"
 print(f"STOP rank {info.rank} step {step} signal {received}", flush=True)
+Path(os.environ["READY_DIR"], f"stop-rank-{info.rank}-step-{step}-signal-{received}").touch()  # see below: no I/O race
 dist.barrier()  # stands for the collective checkpoint save: complete on every rank before the requeue
 if info.rank == 0:
-    # Printed before the call: the requeue kills this job step asynchronously, so a line printed after it can be lost
-    # (seen in CI under load). The restart that follows shows that it worked.
-    print(f"REQUEUING rank {info.rank} step {step}", flush=True)
+    # A file, not a line of output: the requeue ends the step while srun may still hold the tasks' last lines (seen
+    # in CI: lines printed just before it were lost). The restart that follows shows that the requeue worked.
+    Path(os.environ["READY_DIR"], f"requeuing-rank-{info.rank}-step-{step}").touch()
     if not requeue_job():
         sys.exit("rank 0: scontrol requeue failed")
 sys.exit(0)

@@ -43,6 +43,21 @@ MODULES = {"gpt3d": "gpt3d_run", "hf_ddp": "hf_ddp_run", "deepspeed": "deepspeed
 # Pairs a peer cannot run on a CPU-only torch, with the reason printed in their row.
 UNSUPPORTED = {("megatron", "bf16"): "not runnable on CPU: megatron-core's bf16 optimizer "
                                      "(Float16OptimizerWithFloat16Params) accepts only torch.cuda tensors"}
+
+
+def pipeline_settings(layers: int) -> tuple[dict, int | None]:
+    """Each framework's best pipeline layout on the 6-layer model (the untied head costs about 1.3 blocks).
+    gpt3d: its zero-bubble V schedule (zbv: rank 0 runs virtual stages 0 and 3, rank 1 stages 1 and 2) with the split
+    2,2,1,1 (rank 0: embedding + layers 0-1 and layer 5 + head; rank 1: layers 2-4), the fastest of the splits tried
+    (1.66-1.71 s a step; 1,2,2,1: 1.73-1.84; 1,1,2,2: 1.72-1.79; 1F1B 3|3: 1.90). megatron-core: 1F1B with 4 | 2
+    layers (its num_layers_in_first_pipeline_stage; 2.17 s against 2.23 s for 3 | 3); it has no zero-bubble schedule.
+    DeepSpeed: 1F1B; its partition methods (uniform, parameters, type:) all cut 3 | 3 here. Other depths (--quick)
+    run every framework's default."""
+    if layers != 6:
+        return {}, None
+    return {"pp2": ["parallel.schedule=zbv", "parallel.pipeline_split=[2,2,1,1]"]}, 4
+
+
 NAMES = {"gpt3d": "gpt3d", "hf_ddp": "HF + torch DDP", "deepspeed": "DeepSpeed", "megatron": "megatron-core"}
 
 
@@ -68,6 +83,8 @@ def run(job: dict) -> dict:
     torch.multiprocessing.spawn(worker, args=(job,), nprocs=job["world"], join=True)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(job["world"])]
     seconds = [max(r["seconds"][i] for r in ranks) for i in range(len(ranks[0]["seconds"]))]
+    if job.get("profile"):
+        seconds = seconds[:-1]  # the profiled step
     return {"loss": ranks[0]["losses"][-1], "losses": ranks[0]["losses"],
             "step_s": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
             "peak_rss": [r["peak_rss"] for r in ranks]}
@@ -95,11 +112,15 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="*", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     p.add_argument("--frameworks", nargs="*", choices=sorted(MODULES), default=sorted(MODULES))
     p.add_argument("--threads", type=int, default=1, help="threads per rank (2 ranks)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the last step of every run (torch.profiler, CPU ops by self time); the tables are "
+                        "written to <run dir>/profile-rank<r>.txt (excluded from the step times: the last step)")
     args = p.parse_args()
     spec = ({"layers": 2, "d_model": 128, "heads": 4, "seq": 128, "vocab": 1024} if args.quick else
             {"layers": 6, "d_model": 512, "heads": 8, "seq": 512, "vocab": 8192})
     steps = args.steps or (3 if args.quick else 6)
     global_batch = 4
+    gpt3d_settings, megatron_first = pipeline_settings(spec["layers"])
     work = Path(tempfile.mkdtemp(prefix="gpt3d-peers-"))
     weights, tokens = prepare(work, spec, steps, global_batch)
     print(f"model {spec}; global batch {global_batch}; {steps} steps; 2 ranks x {args.threads} thread(s); "
@@ -119,7 +140,9 @@ def main() -> None:
                 job = {"framework": framework, "layout": layout, "dtype": dtype, "spec": spec, "steps": steps,
                        "global_batch": global_batch, "micro_batch": 1 if layout == "pp2" else 2, "world": 2,
                        "threads": args.threads, "lr": 1e-3, "port": free_port(), "weights": weights,
-                       "tokens": tokens, "out": str(work / f"{layout}-{dtype}-{framework}")}
+                       "tokens": tokens, "out": str(work / f"{layout}-{dtype}-{framework}"),
+                       "profile": args.profile, "gpt3d_overrides": gpt3d_settings,
+                       "megatron_first_stage_layers": megatron_first}
                 results[framework] = r = run(job)
                 ours = results["gpt3d"]
                 agree = abs(r["loss"] - ours["loss"]) <= LOSS_TOLERANCE[dtype] * abs(ours["loss"])
@@ -130,6 +153,8 @@ def main() -> None:
                       f"{'' if agree else '  DIFFERS (losses ' + str([round(x, 4) for x in r['losses']]) + ')'}",
                       flush=True)
     print(f"loss tolerance (relative to gpt3d's last loss): {LOSS_TOLERANCE}")
+    if args.profile:
+        print(f"profiles: {work}/<layout>-<dtype>-<framework>/profile-rank<r>.txt")
 
 
 if __name__ == "__main__":

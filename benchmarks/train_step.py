@@ -1,7 +1,8 @@
 """One training step of gpt3d versus Hugging Face GPT2LMHeadModel on the same config, batch and dtype.
 
 Both run forward + backward + grad clipping + AdamW on one process with the same threads. The baseline is Hugging Face
-at its best settings on CPU: SDPA attention, torch.optim.AdamW(fused=True) (one fused kernel over all tensors; the
+at its best settings on CPU: SDPA attention, GELU by torch's fused tanh kernel (gelu_pytorch_tanh: GPT-2's default
+gelu_new computes the same function in eight eager ops), torch.optim.AdamW(fused=True) (one fused kernel over all tensors; the
 default foreach/for-loop AdamW is slower), bf16 via autocast. gpt3d runs with model.kernels auto, fused and reference
 (the fused kernels must never make the step slower). Printed per dtype: step time, tokens/s, model TFLOP/s, MFU against
 the hardware peak (cores x clock x FLOPs/cycle, gpt3d/profiler/cpu_peak.py), the fraction of a GEMM rate measured in
@@ -67,7 +68,7 @@ def hf_step_fn(args, dtype: str, batch: np.ndarray):
     from transformers import GPT2Config, GPT2LMHeadModel
     config = GPT2Config(n_layer=args.layers, n_embd=args.d_model, n_head=args.heads, n_positions=args.seq,
                         vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        attn_implementation="sdpa")
+                        attn_implementation="sdpa", activation_function="gelu_pytorch_tanh")
     model = GPT2LMHeadModel(config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)

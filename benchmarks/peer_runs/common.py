@@ -49,10 +49,20 @@ def timed_steps(step, job: dict) -> tuple[list[float], list[float]]:
     losses, seconds = [], []
     for i in range(len(data)):
         torch.distributed.barrier()
+        profiling = job.get("profile") and i == len(data) - 1
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profiling else None
+        if profiler is not None:
+            profiler.start()
         start = time.perf_counter()
         losses.append(float(step(i, torch.from_numpy(data[i]))))
         torch.distributed.barrier()
         seconds.append(time.perf_counter() - start)
+        if profiler is not None:
+            profiler.stop()
+            table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
+            rank = torch.distributed.get_rank()
+            with open(os.path.join(job["out"], f"profile-rank{rank}.txt"), "w") as fh:
+                fh.write(table)
     return losses, seconds
 
 

@@ -21,7 +21,7 @@ def train(rank: int, job: dict):
         f"train.dtype={job['dtype']}", f"train.threads={job['threads']}", f"train.seed={common.SEED}",
         f"train.steps={job['steps'] + 1}", f"optim.lr={job['lr']}", "optim.min_lr_ratio=1.0", "optim.warmup_steps=0",
         "optim.weight_decay=0.0", "optim.grad_clip=0.0", f"parallel.tp={tp}", f"parallel.pp={pp}",
-        f"parallel.dp={dp}"])
+        f"parallel.dp={dp}", *job.get("gpt3d_overrides", {}).get(job["layout"], [])])
     rt = init_runtime(cfg, rank, job["world"], rank, job["world"])
     trainer = Trainer(cfg, rt)
     return common.timed_steps(lambda i, tokens: trainer.train_step(tokens.numpy()).loss, job)

@@ -33,20 +33,26 @@ def build(job: dict, tp: int, pp: int):
 
     from gpt3d.interop.megatron_legacy import stage_model_dict
     s, bf16 = job["spec"], job["dtype"] == "bf16"
+    # PP2: the first stage may take more layers (its own num_layers_in_first_pipeline_stage) to balance the head.
+    first = job.get("megatron_first_stage_layers") if pp > 1 else None
+    uneven = {} if first is None else {"num_layers_in_first_pipeline_stage": first}
     config = TransformerConfig(
         num_layers=s["layers"], hidden_size=s["d_model"], num_attention_heads=s["heads"], ffn_hidden_size=4 * s["d_model"],
         layernorm_epsilon=1e-5, activation_func=lambda x: F.gelu(x, approximate="tanh"), use_cpu_initialization=True,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, pipeline_dtype=common.compute_dtype(job),
         bf16=bf16, params_dtype=torch.float32, hidden_dropout=0.0, attention_dropout=0.0, masked_softmax_fusion=False,
         bias_dropout_fusion=False, gradient_accumulation_fusion=False, bias_activation_fusion=False,
-        apply_rope_fusion=False, init_method_std=0.02)
+        apply_rope_fusion=False, init_method_std=0.02, **uneven)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     model = GPTModel(config, get_gpt_layer_local_spec(), vocab_size=s["vocab"], max_sequence_length=s["seq"],
                      pre_process=pp_rank == 0, post_process=pp_rank == pp - 1,
                      share_embeddings_and_output_weights=False, position_embedding_type="learned_absolute",
                      parallel_output=True)
+    layers = None
+    if first is not None:
+        layers = list(range(first)) if pp_rank == 0 else list(range(first, s["layers"]))
     sd = stage_model_dict(common.initial_state_dict(job), common.model_config(job),
-                          parallel_state.get_tensor_model_parallel_rank(), tp, pp_rank, pp)
+                          parallel_state.get_tensor_model_parallel_rank(), tp, pp_rank, pp, layers)
     model.load_state_dict(sd, strict=True)
     del sd
     return config, (Float16Module(config, model) if bf16 else model)

@@ -4,6 +4,8 @@
 // namespace.
 #pragma once
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "common/bf16.h"
 #include "common/dtype.h"
@@ -13,21 +15,35 @@
 namespace gpt3d {
 namespace {
 
-template <class V, class T>
+template <class V>
 inline int lanes(int64_t cols, int64_t j) {
   return cols - j >= V::kWidth ? V::kWidth : static_cast<int>(cols - j);
 }
 
-template <class V, class T, class W>
-void ln_forward_row(const T* x, const T* residual, const W* gamma, const W* beta, T* y, T* sum, int64_t cols,
-                    float eps, float* mean_out, float* rstd_out) {
+// Widens `cols` values of T into fp32 (a plain copy when T is float).
+template <class V, class T>
+void widen_row(const T* src, float* dst, int64_t cols) {
+  const int64_t whole = cols - cols % V::kWidth;
+  for (int64_t j = 0; j < whole; j += V::kWidth) V::load(src + j).store(dst + j);
+  const int tail = static_cast<int>(cols - whole);
+  if (tail > 0) V::load(src + whole, tail).store(dst + whole, tail);
+}
+
+// sum = x + residual, rounded to T (the row then normalises the stored sum).
+template <class V, class T>
+void add_row(const T* x, const T* residual, T* sum, int64_t cols) {
+  const int64_t whole = cols - cols % V::kWidth;
+  const int tail = static_cast<int>(cols - whole);
+  for (int64_t j = 0; j < whole; j += V::kWidth) (V::load(x + j) + V::load(residual + j)).store(sum + j);
+  if (tail > 0) (V::load(x + whole, tail) + V::load(residual + whole, tail)).store(sum + whole, tail);
+}
+
+// Normalises one row read as X (the input, or its fp32 widening) with weights G, writing y as T.
+template <class V, class X, class G, class T>
+void ln_forward_row(const X* x, const G* gamma, const G* beta, T* y, int64_t cols, float eps, float* mean_out,
+                    float* rstd_out) {
   const int64_t whole = cols - cols % V::kWidth, quads = cols - cols % (4 * V::kWidth);
   const int tail = static_cast<int>(cols - whole);
-  if (residual != nullptr) {  // sum = x + residual, rounded to T; the row then normalises the stored sum
-    for (int64_t j = 0; j < whole; j += V::kWidth) (V::load(x + j) + V::load(residual + j)).store(sum + j);
-    if (tail > 0) (V::load(x + whole, tail) + V::load(residual + whole, tail)).store(sum + whole, tail);
-    x = sum;
-  }
   // Whole vectors first, four at a time into four accumulators (an add or FMA has a latency of 4 cycles and two
   // issue per cycle: two accumulators left the statistics passes latency-bound, 0.9x eager on AVX2); the rest and the
   // masked tail into the first.
@@ -40,7 +56,7 @@ void ln_forward_row(const T* x, const T* residual, const W* gamma, const W* beta
     acc2 = acc2 + V::load(x + j + 2 * V::kWidth);
     acc3 = acc3 + V::load(x + j + 3 * V::kWidth);
   }
-  for (; j < cols; j += V::kWidth) acc0 = acc0 + V::load(x + j, lanes<V, T>(cols, j));
+  for (; j < cols; j += V::kWidth) acc0 = acc0 + V::load(x + j, lanes<V>(cols, j));
   const float mean = ((acc0 + acc1) + (acc2 + acc3)).sum() / static_cast<float>(cols);
 
   const V vmean = V::set1(mean);
@@ -54,7 +70,7 @@ void ln_forward_row(const T* x, const T* residual, const W* gamma, const W* beta
     acc3 = fmadd(d3, d3, acc3);
   }
   for (; j < cols; j += V::kWidth) {
-    const int n = lanes<V, T>(cols, j);
+    const int n = lanes<V>(cols, j);
     const V d = V::select(V::first(n), V::load(x + j, n) - vmean, V::zero());
     acc0 = fmadd(d, d, acc0);
   }
@@ -73,14 +89,15 @@ void ln_forward_row(const T* x, const T* residual, const W* gamma, const W* beta
   *rstd_out = rstd;
 }
 
-// dx for one row; adds dy * xhat and dy into the caller's fp32 column accumulators for dgamma and dbeta.
-template <class V, class T, class W>
-void ln_backward_row(const T* dy, const T* dextra, const T* x, float mean, float rstd, const W* gamma, T* dx,
+// dx for one row (dy and x read as X, gamma as G, dextra and dx as T); adds dy * xhat and dy into the caller's fp32
+// column accumulators for dgamma and dbeta.
+template <class V, class X, class G, class T>
+void ln_backward_row(const X* dy, const T* dextra, const X* x, float mean, float rstd, const G* gamma, T* dx,
                      int64_t cols, float* dgamma_acc, float* dbeta_acc) {
   const V vmean = V::set1(mean), vrstd = V::set1(rstd);
   V sum_g = V::zero(), sum_g_xhat = V::zero();
   for (int64_t j = 0; j < cols; j += V::kWidth) {
-    const int n = lanes<V, T>(cols, j);
+    const int n = lanes<V>(cols, j);
     const V vdy = V::load(dy + j, n);
     const V xhat = ln_normalize(V::load(x + j, n), vmean, vrstd);
     const V g = vdy * V::load(gamma + j, n);
@@ -92,7 +109,7 @@ void ln_backward_row(const T* dy, const T* dextra, const T* x, float mean, float
   const float inv_cols = 1.f / static_cast<float>(cols);
   const V mean_g = V::set1(sum_g.sum() * inv_cols), mean_g_xhat = V::set1(sum_g_xhat.sum() * inv_cols);
   for (int64_t j = 0; j < cols; j += V::kWidth) {
-    const int n = lanes<V, T>(cols, j);
+    const int n = lanes<V>(cols, j);
     const V xhat = ln_normalize(V::load(x + j, n), vmean, vrstd);
     const V g = V::load(dy + j, n) * V::load(gamma + j, n);
     V d = ln_input_grad(g, xhat, vrstd, mean_g, mean_g_xhat);
@@ -101,15 +118,44 @@ void ln_backward_row(const T* dy, const T* dextra, const T* x, float mean, float
   }
 }
 
+// fp32 rows are normalised in place of reading. bf16 rows (and bf16 weights) are widened to fp32 once into a
+// row-sized buffer that stays in L1/L2, and every pass reads that: otherwise each pass widens again (three passes over
+// x, two over the weights), which made bf16 LayerNorm bound by conversions (21% of copy bandwidth on the portable
+// path, 49-84% elsewhere) rather than by memory. Widening is exact, so the results are the same bits.
+template <class V, class W>
+const float* weights_as_float(const void* w, int64_t cols, std::vector<float>& buffer) {
+  if constexpr (std::is_same<W, float>::value) {
+    return static_cast<const float*>(w);
+  } else {
+    buffer.resize(cols);
+    widen_row<V>(static_cast<const W*>(w), buffer.data(), cols);
+    return buffer.data();
+  }
+}
+
 template <class V, class T, class W>
 void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t end) {
   const int64_t c = a.cols;
   const T* x = static_cast<const T*>(a.x);
   const T* res = static_cast<const T*>(a.residual);
+  std::vector<float> gamma_buf, beta_buf, row_buf;
+  const float* gamma = weights_as_float<V, W>(a.gamma, c, gamma_buf);
+  const float* beta = weights_as_float<V, W>(a.beta, c, beta_buf);
+  if (!std::is_same<T, float>::value) row_buf.resize(c);
   for (int64_t r = begin; r < end; ++r) {
-    ln_forward_row<V, T, W>(x + r * c, res ? res + r * c : nullptr, static_cast<const W*>(a.gamma),
-                            static_cast<const W*>(a.beta), static_cast<T*>(a.y) + r * c,
-                            res ? static_cast<T*>(a.sum) + r * c : nullptr, c, a.eps, a.mean + r, a.rstd + r);
+    const T* row = x + r * c;
+    if (res != nullptr) {
+      T* sum = static_cast<T*>(a.sum) + r * c;
+      add_row<V>(row, res + r * c, sum, c);
+      row = sum;
+    }
+    T* y = static_cast<T*>(a.y) + r * c;
+    if constexpr (std::is_same<T, float>::value) {
+      ln_forward_row<V>(reinterpret_cast<const float*>(row), gamma, beta, y, c, a.eps, a.mean + r, a.rstd + r);
+    } else {
+      widen_row<V>(row, row_buf.data(), c);
+      ln_forward_row<V>(row_buf.data(), gamma, beta, y, c, a.eps, a.mean + r, a.rstd + r);
+    }
   }
 }
 
@@ -118,11 +164,26 @@ void ln_backward_rows_typed(const LayerNormBackwardArgs& a, int64_t begin, int64
                             float* dbeta_acc) {
   const int64_t c = a.cols;
   const T* dextra = static_cast<const T*>(a.dextra);
+  std::vector<float> gamma_buf, dy_buf, x_buf;
+  const float* gamma = weights_as_float<V, W>(a.gamma, c, gamma_buf);
+  if constexpr (!std::is_same<T, float>::value) {
+    dy_buf.resize(c);
+    x_buf.resize(c);
+  }
   for (int64_t r = begin; r < end; ++r) {
-    ln_backward_row<V, T, W>(static_cast<const T*>(a.dy) + r * c, dextra ? dextra + r * c : nullptr,
-                             static_cast<const T*>(a.x) + r * c, a.mean[r], a.rstd[r],
-                             static_cast<const W*>(a.gamma), static_cast<T*>(a.dx) + r * c, c, dgamma_acc,
-                             dbeta_acc);
+    const T* dy = static_cast<const T*>(a.dy) + r * c;
+    const T* x = static_cast<const T*>(a.x) + r * c;
+    T* dx = static_cast<T*>(a.dx) + r * c;
+    const T* extra = dextra ? dextra + r * c : nullptr;
+    if constexpr (!std::is_same<T, float>::value) {
+      widen_row<V>(dy, dy_buf.data(), c);
+      widen_row<V>(x, x_buf.data(), c);
+      ln_backward_row<V>(static_cast<const float*>(dy_buf.data()), extra, static_cast<const float*>(x_buf.data()),
+                         a.mean[r], a.rstd[r], gamma, dx, c, dgamma_acc, dbeta_acc);
+    } else {
+      ln_backward_row<V>(reinterpret_cast<const float*>(dy), extra, reinterpret_cast<const float*>(x), a.mean[r],
+                         a.rstd[r], gamma, dx, c, dgamma_acc, dbeta_acc);
+    }
   }
 }
 

@@ -40,9 +40,12 @@ def _shard(tensor: torch.Tensor, dim: Optional[int], rank: int, tp: int) -> torc
 
 
 def stage_model_dict(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, tp_rank: int, tp: int, pp_rank: int,
-                     pp: int) -> dict:
-    """One rank's `model` entry, ordered and named as megatron-core's GPTModel.state_dict_for_save_checkpoint()."""
+                     pp: int, layers: Optional[list[int]] = None) -> dict:
+    """One rank's `model` entry, ordered and named as megatron-core's GPTModel.state_dict_for_save_checkpoint().
+    `layers`: this stage's global layer ids when the split is uneven (megatron's num_layers_in_first_pipeline_stage);
+    by default the stage's equal share."""
     per_stage = cfg.n_layers // pp
+    layers = list(range(pp_rank * per_stage, (pp_rank + 1) * per_stage)) if layers is None else layers
     out: dict = {}
 
     def put(gpt3d_name: str, core_name: str) -> None:
@@ -52,8 +55,7 @@ def stage_model_dict(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, tp_rank: 
     if first:
         put("embed.tok.weight", "embedding.word_embeddings.weight")
         put("embed.pos.weight", "embedding.position_embeddings.weight")
-    for local in range(per_stage):
-        i = pp_rank * per_stage + local
+    for local, i in enumerate(layers):
         for sub in _MEGATRON_LAYER_ORDER:
             if sub.endswith("._extra_state"):
                 out[f"decoder.layers.{local}.{sub}"] = None

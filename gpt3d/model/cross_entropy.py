@@ -20,13 +20,33 @@ def _row_chunks(rows: int, vocab: int) -> range:
     return range(0, rows, max(1, CHUNK_ELEMENTS // vocab))
 
 
+def logsumexp_rows(real: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim of [rows, cols] fp32 logits, a cache-sized chunk of rows at a time."""
+    step = _row_chunks(len(real), max(1, real.shape[1])).step
+    return torch.cat([torch.logsumexp(real[i:i + step], dim=-1) for i in range(0, len(real), step)])
+
+
+def softmax_grad_in_place(work: torch.Tensor, lse: torch.Tensor, real_cols: int, index: torch.Tensor,
+                          minus: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Overwrite fp32 logits [rows, cols] with scale * (softmax - one-hot): softmax = exp(logit - lse) over the first
+    `real_cols` columns (0 beyond), then `minus` ([rows, 1]: -1, or 0 where the label is not in these columns) added
+    at column `index` ([rows]). Chunk by chunk, so each chunk is read and written while in cache."""
+    step = _row_chunks(len(work), work.shape[1]).step
+    for i in range(0, len(work), step):
+        g = work[i:i + step]
+        g.sub_(lse[i:i + step].unsqueeze(-1)).exp_()
+        g[:, real_cols:] = 0.0  # padded columns take no part in the loss
+        g.scatter_add_(-1, index[i:i + step].unsqueeze(-1), minus[i:i + step])
+        g.mul_(scale)
+    return work
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, vocab: int) -> torch.Tensor:
         work = logits.float()  # the same tensor when already fp32: the backward reuses its storage
         real = work[:, :vocab]
-        step = _row_chunks(len(work), work.shape[1]).step
-        lse = torch.cat([torch.logsumexp(real[i:i + step], dim=-1) for i in range(0, len(work), step)])
+        lse = logsumexp_rows(real)
         target = real.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         ctx.save_for_backward(work, labels, lse)
         ctx.vocab, ctx.in_dtype = vocab, logits.dtype
@@ -35,23 +55,21 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         work, labels, lse = ctx.saved_tensors
-        scale = grad / labels.numel()
         minus_one = torch.full((len(work), 1), -1.0, dtype=work.dtype, device=work.device)
-        step = _row_chunks(len(work), work.shape[1]).step
-        for i in range(0, len(work), step):  # softmax minus one-hot, scaled, in place, chunk by chunk
-            g = work[i:i + step]
-            g.sub_(lse[i:i + step].unsqueeze(-1)).exp_()
-            g[:, ctx.vocab:] = 0.0  # padded columns take no part in the loss
-            g.scatter_add_(-1, labels[i:i + step].unsqueeze(-1), minus_one[i:i + step])
-            g.mul_(scale)
+        softmax_grad_in_place(work, lse, ctx.vocab, labels, minus_one, grad / labels.numel())
         return work.to(ctx.in_dtype), None, None
+
+
+def check_labels(labels: torch.Tensor, vocab: int, where: str) -> None:
+    """Labels outside [0, vocab) raise here, naming them (checked on the CPU only: on a GPU the check would wait
+    for the device every step)."""
+    if labels.device.type == "cpu" and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= vocab):
+        raise ValueError(f"{where}: labels must lie in [0, {vocab}), got [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab: int) -> torch.Tensor:
     """Mean over tokens of -log softmax(logits[:, :vocab])[label], for logits [tokens, padded vocab] and labels
     [tokens] in [0, vocab). The logits' storage is overwritten by the backward: do not use them after it."""
-    # checked on the CPU only: on a GPU the check would wait for the device every step
-    if labels.device.type == "cpu" and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= vocab):
-        raise ValueError(f"cross_entropy: labels must lie in [0, {vocab}), got [{int(labels.min())}, "
-                         f"{int(labels.max())}]")
+    check_labels(labels, vocab, "cross_entropy")
     return _CrossEntropy.apply(logits, labels, vocab)

@@ -25,6 +25,13 @@ def all_reduce(x: torch.Tensor, group: Group, op_name: str = "all_reduce",
     return x
 
 
+def start_all_reduce(x: torch.Tensor, group: Group, op_name: str = "all_reduce"):
+    """Start an in-place sum over the group (group.size > 1) and return its handle: the caller overlaps work, then
+    calls .wait(). Accounted as all_reduce."""
+    group.account(op_name, x.numel() * x.element_size())
+    return dist.all_reduce(x, group=group.pg, async_op=True)
+
+
 def _all_gather_dim(x: torch.Tensor, group: Group, dim: int) -> torch.Tensor:
     x = x.contiguous()
     parts = [torch.empty_like(x) for _ in range(group.size)]

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from gpt3d.model.cross_entropy import check_labels, logsumexp_rows, softmax_grad_in_place
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import ShardInfo
 from gpt3d.model.layers import Dropout, Embedding, LMHead, PaddedVocabBias
@@ -46,8 +47,12 @@ class ColumnParallelLinear(nn.Module):
         self.bf16_matmul = getattr(linear, "bf16_matmul", "auto")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = comm.gather_from_sp(x, self.group) if self.sequence_parallel else comm.copy_to_tp(x, self.group)
-        return linear(x, self.weight, self.bias, self.weight_grad_store, self.bf16_matmul)
+        if self.sequence_parallel:
+            x = comm.gather_from_sp(x, self.group)
+            return linear(x, self.weight, self.bias, self.weight_grad_store, self.bf16_matmul)
+        # entering the column-parallel region: the backward's input-gradient sum (comm.CopyToTensorParallel's) runs
+        # inside the linear's backward, overlapping its weight gradient
+        return linear(x, self.weight, self.bias, self.weight_grad_store, self.bf16_matmul, reduce_input_grad=self.group)
 
 
 class RowParallelLinear(nn.Module):
@@ -110,41 +115,42 @@ class VocabParallelEmbedding(Embedding):
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Mean token cross-entropy from vocabulary-sharded logits: only [tokens]-sized max / sum / target-logit vectors
-    cross the TP group, never the logits."""
+    """Mean token cross-entropy from vocabulary-sharded logits [..., per-rank vocab]: only [tokens]-sized vectors (the
+    max of the local log-sum-exps; the target logit and the rescaled local sums) cross the TP group, never the
+    logits. As gpt3d.model.cross_entropy: padded columns (beyond `real_cols` of this shard) are skipped rather than
+    biased to -inf, nothing logits-sized is saved, and the backward overwrites the logits' storage with the gradient
+    in cache-sized row chunks."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, group: Group):
-        logits = logits.float()
-        local_max = logits.max(dim=-1).values
-        global_max = comm.all_reduce(local_max.clone(), group, "ce_max", dist.ReduceOp.MAX)
-        shifted = logits - global_max.unsqueeze(-1)
-        local = labels - vocab_start
-        in_range = (local >= 0) & (local < logits.shape[-1])
-        target = shifted.gather(-1, local.clamp(0, logits.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
-        target = torch.where(in_range, target, torch.zeros_like(target))
-        exp = shifted.exp()
-        sum_exp = exp.sum(dim=-1)
-        stats = torch.stack([target, sum_exp])
-        stats = comm.all_reduce(stats, group, "ce_stats")
-        target, sum_exp = stats[0], stats[1]
-        loss = sum_exp.log() - target
-        softmax = exp / sum_exp.unsqueeze(-1)
-        ctx.save_for_backward(softmax, local.clamp(0, logits.shape[-1] - 1), in_range)
-        return loss.mean()
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, real_cols: int, group: Group):
+        work = logits.float().reshape(-1, logits.shape[-1])  # a view of the logits when they are fp32
+        local_lse = logsumexp_rows(work[:, :real_cols])  # -inf on a shard of padding only
+        top = comm.all_reduce(local_lse.clone(), group, "ce_max", dist.ReduceOp.MAX)
+        local = labels.reshape(-1) - vocab_start
+        in_range = (local >= 0) & (local < real_cols)
+        index = local.clamp(0, work.shape[1] - 1)
+        target = torch.where(in_range, work.gather(-1, index.unsqueeze(-1)).squeeze(-1), 0.0)
+        stats = comm.all_reduce(torch.stack([target, (local_lse - top).exp()]), group, "ce_stats")
+        lse = top + stats[1].log()
+        ctx.save_for_backward(work, index, in_range, lse)
+        ctx.real_cols, ctx.shape, ctx.in_dtype = real_cols, logits.shape, logits.dtype
+        return (lse - stats[0]).mean()
 
     @staticmethod
     def backward(ctx, grad):
-        softmax, local, in_range = ctx.saved_tensors
-        g = softmax.clone()
-        g.scatter_add_(-1, local.unsqueeze(-1), -in_range.to(g.dtype).unsqueeze(-1))
-        g *= grad / local.numel()
-        return g, None, None, None
+        work, index, in_range, lse = ctx.saved_tensors
+        minus = -in_range.to(work.dtype).unsqueeze(-1)
+        softmax_grad_in_place(work, lse, ctx.real_cols, index, minus, grad / index.numel())
+        return work.view(ctx.shape).to(ctx.in_dtype), None, None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int,
+def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, vocab_size: int,
                                  group: Group) -> torch.Tensor:
-    return _VocabParallelCrossEntropy.apply(logits, labels, vocab_start, group)
+    """Labels are global ids in [0, vocab_size); this rank's logits cover [vocab_start, vocab_start + their width),
+    of which ids >= vocab_size are padding. The logits' storage is overwritten by the backward."""
+    check_labels(labels, vocab_size, "vocab_parallel_cross_entropy")
+    real_cols = min(max(vocab_size - vocab_start, 0), logits.shape[-1])
+    return _VocabParallelCrossEntropy.apply(logits, labels, vocab_start, real_cols, group)
 
 
 class VocabParallelLMHead(LMHead):
@@ -162,10 +168,13 @@ class VocabParallelLMHead(LMHead):
         self.vocab_start = group.rank * self.per_rank
         self.pad_bias = PaddedVocabBias(self.per_rank, self.vocab_start, self.vocab_size)
 
-    def _local_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _local_logits(self, hidden: torch.Tensor, weight: torch.Tensor, pad_bias: bool = True) -> torch.Tensor:
+        """This shard's logits; `pad_bias` writes -inf-like values into the padded vocabulary columns (the loss skips
+        those columns instead)."""
         hidden = comm.gather_from_sp(hidden, self.group) if self.sequence_parallel else comm.copy_to_tp(hidden,
                                                                                                           self.group)
-        return model_linear(hidden, weight, self.pad_bias(hidden), self.bf16_matmul, keep_fp32=True)
+        bias = self.pad_bias(hidden) if pad_bias else None
+        return model_linear(hidden, weight, bias, self.bf16_matmul, keep_fp32=True)
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Full logits (gathered: for inference and interop only; training never calls this)."""
@@ -177,7 +186,8 @@ class VocabParallelLMHead(LMHead):
         return torch.cat(parts, dim=-1)
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return vocab_parallel_cross_entropy(self._local_logits(hidden, weight), labels, self.vocab_start, self.group)
+        return vocab_parallel_cross_entropy(self._local_logits(hidden, weight, pad_bias=False), labels,
+                                            self.vocab_start, self.vocab_size, self.group)
 
 
 # module-name pattern -> how to shard it

@@ -147,7 +147,8 @@ def _embedding(c: Checker, sp: bool) -> None:
 
 
 def _cross_entropy(c: Checker, sp: bool) -> None:
-    """vocab_parallel_cross_entropy on vocabulary shards vs F.cross_entropy on the full logits, padding masked."""
+    """vocab_parallel_cross_entropy on vocabulary shards (padded columns holding ordinary values, which it must skip)
+    vs F.cross_entropy on the full logits with the padding masked."""
     t, r = c.group.size, c.group.rank
     V, vocab = CFG.padded_vocab_size, CFG.vocab_size
     logits = _randn(B, S, V, seed=8) * 3
@@ -159,8 +160,8 @@ def _cross_entropy(c: Checker, sp: bool) -> None:
 
     per_rank = V // t
     local = logits.chunk(t, -1)[r].clone().requires_grad_()
-    loss = vocab_parallel_cross_entropy(masked_padded_logits(local, r * per_rank, vocab), labels, r * per_rank,
-                                        c.group)
+    # .clone(): the loss overwrites its input's storage with the gradient (its input is the head's dead output)
+    loss = vocab_parallel_cross_entropy(local.clone(), labels, r * per_rank, vocab, c.group)
     loss.backward()
     c.add("loss", loss, loss_ref)
     c.add("logits grad", c.gather(local.grad, -1), full.grad)

@@ -138,6 +138,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke run)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--ln-rows", type=int, default=8192,
+                   help="LayerNorm rows (e.g. 256 for the small shapes behind the auto table; softmax unchanged)")
     p.add_argument("--only", default="", help="measure only the cases whose name contains this text "
                                                 "(e.g. layer_norm, causal_softmax, 2048)")
     p.add_argument("--isa", default="all", choices=("all", "avx512", "avx2", "portable"),
@@ -162,7 +164,7 @@ def main() -> None:
         cases = [*layer_norm_cases(1024, (768,), (torch.float32, torch.bfloat16)),
                  *softmax_cases(((4, 256),), (torch.float32,))]
     else:
-        cases = [*layer_norm_cases(8192, (768, 1024, 2048), (torch.float32, torch.bfloat16)),
+        cases = [*layer_norm_cases(args.ln_rows, (768, 1024, 2048), (torch.float32, torch.bfloat16)),
                  *softmax_cases(((64, 512), (16, 1024), (4, 2048)), (torch.float32, torch.bfloat16))]
     cases = [c for c in cases if args.only in c[0]]
     copy_gbs = copy_bandwidth(reps, (1 << 22) if args.quick else (1 << 26))

@@ -2,8 +2,8 @@
 //   gpt3d_C::layer_norm_fwd(x, weight, bias, eps)               -> (y, mean, rstd)
 //   gpt3d_C::add_layer_norm_fwd(x, residual, weight, bias, eps) -> (x + residual, y, mean, rstd)
 //   gpt3d_C::layer_norm_bwd(dy, dsum?, x, mean, rstd, weight)   -> (dx, dweight, dbias)
-// x is [..., hidden]; mean/rstd are fp32 [...]; dsum (the gradient of x + residual) is added to dx. Autograd and fake
-// (meta) kernels are registered from Python (gpt3d/kernels/layer_norm.py).
+// x is [..., hidden]; mean/rstd are fp32 [...]; dsum (the gradient of x + residual) is added to dx. Autograd is in
+// layer_norm_autograd.cpp; fake (meta) kernels are registered from Python (gpt3d/kernels/layer_norm.py).
 #include <torch/extension.h>
 
 #include "layer_norm/layer_norm_cpu.h"

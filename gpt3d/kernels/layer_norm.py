@@ -85,7 +85,8 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
 
 
 def _register() -> None:
-    """Fake kernels (shapes only, for torch.compile / meta tensors) and autograd of the C++ ops."""
+    """Fake kernels (shapes only, for torch.compile / meta tensors) of the C++ ops; their autograd is registered in
+    C++ (csrc/layer_norm/layer_norm_autograd.cpp)."""
 
     @torch.library.register_fake("gpt3d_C::layer_norm_fwd")
     def _layer_norm_fwd_fake(x, weight, bias, eps):
@@ -102,30 +103,6 @@ def _register() -> None:
     @torch.library.register_fake("gpt3d_C::layer_norm_bwd")
     def _layer_norm_bwd_fake(dy, dsum, x, mean, rstd, weight):
         return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
-
-    def _layer_norm_setup(ctx, inputs, output):
-        x, weight, _bias, _eps = inputs
-        _y, mean, rstd = output
-        ctx.save_for_backward(x, weight, mean, rstd)
-
-    def _layer_norm_backward(ctx, dy, _dmean, _drstd):
-        x, weight, mean, rstd = ctx.saved_tensors
-        dx, dweight, dbias = torch.ops.gpt3d_C.layer_norm_bwd(dy, None, x, mean, rstd, weight)
-        return dx, dweight, dbias, None
-
-    def _add_layer_norm_setup(ctx, inputs, output):
-        _x, _residual, weight, _bias, _eps = inputs
-        total, _y, mean, rstd = output
-        ctx.save_for_backward(total, weight, mean, rstd)
-
-    def _add_layer_norm_backward(ctx, dtotal, dy, _dmean, _drstd):
-        total, weight, mean, rstd = ctx.saved_tensors
-        dx, dweight, dbias = torch.ops.gpt3d_C.layer_norm_bwd(dy, dtotal, total, mean, rstd, weight)
-        return dx, dx, dweight, dbias, None  # d(x + residual)/dx = d/dresidual
-
-    torch.library.register_autograd("gpt3d_C::layer_norm_fwd", _layer_norm_backward, setup_context=_layer_norm_setup)
-    torch.library.register_autograd("gpt3d_C::add_layer_norm_fwd", _add_layer_norm_backward,
-                                    setup_context=_add_layer_norm_setup)
 
 
 if _AVAILABLE:

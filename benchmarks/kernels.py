@@ -139,7 +139,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--ln-rows", type=int, default=8192,
-                   help="LayerNorm rows (e.g. 256 for the small shapes behind the auto table; softmax unchanged)")
+                   help="LayerNorm rows (e.g. 256 for the small shapes behind the auto table; softmax unchanged; "
+                        "--quick uses 1024)")
     p.add_argument("--only", default="", help="measure only the cases whose name contains this text "
                                                 "(e.g. layer_norm, causal_softmax, 2048)")
     p.add_argument("--isa", default="all", choices=("all", "avx512", "avx2", "portable"),

@@ -46,13 +46,12 @@ UNSUPPORTED = {("megatron", "bf16"): "not runnable on CPU: megatron-core's bf16 
 
 
 def pipeline_settings(layers: int) -> tuple[dict, int | None]:
-    """Each framework's best pipeline layout on the 6-layer model (the untied head costs about 1.3 blocks).
-    gpt3d: its zero-bubble V schedule (zbv: rank 0 runs virtual stages 0 and 3, rank 1 stages 1 and 2) with the split
-    2,2,1,1 (rank 0: embedding + layers 0-1 and layer 5 + head; rank 1: layers 2-4), the fastest of the splits tried
-    (1.66-1.71 s a step; 1,2,2,1: 1.73-1.84; 1,1,2,2: 1.72-1.79; 1F1B 3|3: 1.90). megatron-core: 1F1B with 4 | 2
-    layers (its num_layers_in_first_pipeline_stage; 2.17 s against 2.23 s for 3 | 3); it has no zero-bubble schedule.
-    DeepSpeed: 1F1B; its partition methods (uniform, parameters, type:) all cut 3 | 3 here. Other depths (--quick)
-    run every framework's default."""
+    """Each framework's best pipeline layout on the 6-layer model (the untied head costs about 1.3 blocks), measured
+    in docs/benchmarks.md. gpt3d: its zero-bubble V schedule (zbv: rank 0 runs virtual stages 0 and 3, rank 1 stages 1
+    and 2) with the split 2,2,1,1 (rank 0: embedding, layers 0-1, layer 5 and the head; rank 1: layers 2-4), the
+    fastest of the splits tried. megatron-core: 1F1B with 4 | 2 layers (its num_layers_in_first_pipeline_stage),
+    faster than its 3 | 3; it has no zero-bubble schedule. DeepSpeed: 1F1B; its partition methods (uniform,
+    parameters, type:) all cut 3 | 3 here. Other depths (--quick) run every framework's default."""
     if layers != 6:
         return {}, None
     return {"pp2": ["parallel.schedule=zbv", "parallel.pipeline_split=[2,2,1,1]"]}, 4

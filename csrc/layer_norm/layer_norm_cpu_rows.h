@@ -38,10 +38,10 @@ void add_row(const T* x, const T* residual, T* sum, int64_t cols) {
   if (tail > 0) (V::load(x + whole, tail) + V::load(residual + whole, tail)).store(sum + whole, tail);
 }
 
-// Normalises one row read as X (the input, or its fp32 widening) with weights G, writing y as T.
-template <class V, class X, class G, class T>
-void ln_forward_row(const X* x, const G* gamma, const G* beta, T* y, int64_t cols, float eps, float* mean_out,
-                    float* rstd_out) {
+// Normalises one fp32 row (the input, or its widening) with fp32 weights, writing y as T.
+template <class V, class T>
+void ln_forward_row(const float* x, const float* gamma, const float* beta, T* y, int64_t cols, float eps,
+                    float* mean_out, float* rstd_out) {
   const int64_t whole = cols - cols % V::kWidth, quads = cols - cols % (4 * V::kWidth);
   const int tail = static_cast<int>(cols - whole);
   // Whole vectors first, four at a time into four accumulators (an add or FMA has a latency of 4 cycles and two
@@ -89,11 +89,11 @@ void ln_forward_row(const X* x, const G* gamma, const G* beta, T* y, int64_t col
   *rstd_out = rstd;
 }
 
-// dx for one row (dy and x read as X, gamma as G, dextra and dx as T); adds dy * xhat and dy into the caller's fp32
-// column accumulators for dgamma and dbeta.
-template <class V, class X, class G, class T>
-void ln_backward_row(const X* dy, const T* dextra, const X* x, float mean, float rstd, const G* gamma, T* dx,
-                     int64_t cols, float* dgamma_acc, float* dbeta_acc) {
+// dx for one row (dy, x and gamma in fp32: the input or its widening; dextra and dx as T); adds dy * xhat and dy into
+// the caller's fp32 column accumulators for dgamma and dbeta.
+template <class V, class T>
+void ln_backward_row(const float* dy, const T* dextra, const float* x, float mean, float rstd, const float* gamma,
+                     T* dx, int64_t cols, float* dgamma_acc, float* dbeta_acc) {
   const V vmean = V::set1(mean), vrstd = V::set1(rstd);
   V sum_g = V::zero(), sum_g_xhat = V::zero();
   for (int64_t j = 0; j < cols; j += V::kWidth) {
@@ -151,7 +151,7 @@ void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t
     }
     T* y = static_cast<T*>(a.y) + r * c;
     if constexpr (std::is_same<T, float>::value) {
-      ln_forward_row<V>(reinterpret_cast<const float*>(row), gamma, beta, y, c, a.eps, a.mean + r, a.rstd + r);
+      ln_forward_row<V>(row, gamma, beta, y, c, a.eps, a.mean + r, a.rstd + r);
     } else {
       widen_row<V>(row, row_buf.data(), c);
       ln_forward_row<V>(row_buf.data(), gamma, beta, y, c, a.eps, a.mean + r, a.rstd + r);
@@ -178,11 +178,10 @@ void ln_backward_rows_typed(const LayerNormBackwardArgs& a, int64_t begin, int64
     if constexpr (!std::is_same<T, float>::value) {
       widen_row<V>(dy, dy_buf.data(), c);
       widen_row<V>(x, x_buf.data(), c);
-      ln_backward_row<V>(static_cast<const float*>(dy_buf.data()), extra, static_cast<const float*>(x_buf.data()),
-                         a.mean[r], a.rstd[r], gamma, dx, c, dgamma_acc, dbeta_acc);
+      ln_backward_row<V>(dy_buf.data(), extra, x_buf.data(), a.mean[r], a.rstd[r], gamma, dx, c, dgamma_acc,
+                         dbeta_acc);
     } else {
-      ln_backward_row<V>(reinterpret_cast<const float*>(dy), extra, reinterpret_cast<const float*>(x), a.mean[r],
-                         a.rstd[r], gamma, dx, c, dgamma_acc, dbeta_acc);
+      ln_backward_row<V>(dy, extra, x, a.mean[r], a.rstd[r], gamma, dx, c, dgamma_acc, dbeta_acc);
     }
   }
 }

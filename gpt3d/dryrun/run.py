@@ -2,11 +2,9 @@
 timeline. Nothing is allocated; the result is the rank's peak bytes per category."""
 from __future__ import annotations
 
-import dataclasses
-
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -118,7 +116,7 @@ def _dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional
     start = time.perf_counter()
     # The fake tensors live on the CPU but stand in for GPU memory: take the GPU's GEMMs (model.bf16_matmul auto is
     # torch's bf16 GEMM there), not the CPU's fp32 route, whose fp32 logits and casts a GPU never allocates.
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, bf16_matmul="bf16"))
+    cfg = replace(cfg, model=replace(cfg.model, bf16_matmul="bf16"))
     runtime = init_fake_rank(cfg, world_size, rank)
     try:
         ctx = runtime.ctx

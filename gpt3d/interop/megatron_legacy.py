@@ -44,8 +44,9 @@ def stage_model_dict(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, tp_rank: 
     """One rank's `model` entry, ordered and named as megatron-core's GPTModel.state_dict_for_save_checkpoint().
     `layers`: this stage's global layer ids when the split is uneven (megatron's num_layers_in_first_pipeline_stage);
     by default the stage's equal share."""
-    per_stage = cfg.n_layers // pp
-    layers = list(range(pp_rank * per_stage, (pp_rank + 1) * per_stage)) if layers is None else layers
+    if layers is None:
+        per_stage = cfg.n_layers // pp
+        layers = list(range(pp_rank * per_stage, (pp_rank + 1) * per_stage))
     out: dict = {}
 
     def put(gpt3d_name: str, core_name: str) -> None:

@@ -125,12 +125,10 @@ class GradSynchronizer:
             param.grad = None
         self._mark_ready(param, self.sync_enabled)
 
-    def add_weight_grad(self, param: nn.Parameter, grad: Optional[torch.Tensor]) -> None:
+    def add_weight_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
         """A weight gradient computed outside autograd (a pipeline schedule's deferred weight-gradient step W):
-        accumulate it into the fp32 main gradient (None: the W step already did) and count the parameter ready once
-        its chunk's last W runs."""
-        if grad is not None:
-            param.main_grad.add_(grad)
+        accumulate it into the fp32 main gradient and count the parameter ready once its chunk's last W runs."""
+        param.main_grad.add_(grad)
         self._mark_ready(param, self.weight_sync_enabled)
 
     def _mark_ready(self, param: nn.Parameter, enabled: list[bool]) -> None:

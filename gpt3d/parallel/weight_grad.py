@@ -21,14 +21,8 @@ from . import comm
 
 
 class WeightGradStore:
-    """`add_weight_grad(param, grad)` receives every deferred weight gradient. With `into_main_grad`, an fp32 weight
-    gradient of a parameter with an fp32 `main_grad` is instead accumulated by the GEMM itself (main_grad += dy^T x,
-    no temporary and no separate add pass over the weight) and the sink gets `grad=None`: already added."""
-
-    def __init__(self, add_weight_grad: Callable[[nn.Parameter, Optional[torch.Tensor]], None],
-                 into_main_grad: bool = False):
+    def __init__(self, add_weight_grad: Callable[[nn.Parameter, torch.Tensor], None]):
         self.add_weight_grad = add_weight_grad
-        self.into_main_grad = into_main_grad
         self.pending: dict[Hashable, list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]] = {}
         self._key: Optional[Hashable] = None
 
@@ -56,13 +50,7 @@ class WeightGradStore:
 
     def _flush(self, key: Hashable) -> None:
         for param, inputs, grad_output, fp32 in self.pending.pop(key):
-            main = getattr(param, "main_grad", None) if self.into_main_grad else None
-            if main is not None and not fp32 and main.dtype == inputs.dtype == grad_output.dtype == torch.float32:
-                main.view(grad_output.shape[-1], inputs.shape[-1]).addmm_(
-                    grad_output.reshape(-1, grad_output.shape[-1]).t(), inputs.reshape(-1, inputs.shape[-1]))
-                self.add_weight_grad(param, None)
-            else:
-                self.add_weight_grad(param, weight_gradient(inputs, grad_output, fp32))
+            self.add_weight_grad(param, weight_gradient(inputs, grad_output, fp32))
 
     def clear(self) -> None:
         self.pending.clear()

@@ -52,7 +52,7 @@ class Trainer:
         self.schedule = cfg.parallel.schedule  # the config resolved vp > 1 with 1f1b to interleaved
         self.weight_grads = None
         if self.schedule in SPLIT_BACKWARD:
-            self.weight_grads = WeightGradStore(self.sync.add_weight_grad, into_main_grad=True)
+            self.weight_grads = WeightGradStore(self.sync.add_weight_grad)
             attach_weight_grad_store(self.chunks, self.weight_grads)
         self._schedules: dict[tuple[bool, int], Schedule] = {}
         self.last_runner: StageRunner | None = None

@@ -17,10 +17,7 @@ def _full_state() -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in build_gpt(CFG, seed=3).state_dict().items()}
 
 
-def test_uneven_split_places_each_block_once_under_local_numbers():
-    sd = _full_state()
-    stages = {0: list(range(4)), 1: [4, 5]}
-    dicts = {r: stage_model_dict(sd, CFG, 0, 1, r, 2, layers) for r, layers in stages.items()}
+def _assert_stages_hold(dicts: dict, stages: dict, sd: dict) -> None:
     for rank, layers in stages.items():
         local_ids = {int(k.split(".")[2]) for k in dicts[rank] if k.startswith("decoder.layers.")}
         assert local_ids == set(range(len(layers)))
@@ -31,10 +28,12 @@ def test_uneven_split_places_each_block_once_under_local_numbers():
     assert torch.equal(dicts[1]["output_layer.weight"], sd["head.weight"])
 
 
-def test_default_split_is_the_equal_one():
+def test_uneven_split_places_each_block_once_under_local_numbers():
     sd = _full_state()
-    for rank in range(2):
-        default = stage_model_dict(sd, CFG, 0, 1, rank, 2)
-        explicit = stage_model_dict(sd, CFG, 0, 1, rank, 2, list(range(3 * rank, 3 * rank + 3)))
-        assert list(default) == list(explicit)
-        assert all(v is None and explicit[k] is None or torch.equal(v, explicit[k]) for k, v in default.items())
+    stages = {0: list(range(4)), 1: [4, 5]}
+    _assert_stages_hold({r: stage_model_dict(sd, CFG, 0, 1, r, 2, layers) for r, layers in stages.items()}, stages, sd)
+
+
+def test_default_split_is_three_and_three():
+    sd = _full_state()
+    _assert_stages_hold({r: stage_model_dict(sd, CFG, 0, 1, r, 2) for r in range(2)}, {0: [0, 1, 2], 1: [3, 4, 5]}, sd)

@@ -58,9 +58,7 @@ class _GatherReplicated(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group: Group):
         ctx.group = group
-        parts = [torch.empty_like(x) for _ in range(group.size)]
-        dist.all_gather(parts, x.contiguous(), group=group.pg)
-        return torch.cat(parts, dim=1)
+        return torch.cat(comm.gather_list(x, group), dim=1)
 
     @staticmethod
     def backward(ctx, grad):

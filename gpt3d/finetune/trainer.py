@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from gpt3d.config.run import RunConfig
+from gpt3d.parallel import comm
 from gpt3d.parallel.build import build_model_chunks
 from gpt3d.train.runtime import Runtime
 from gpt3d.train.trainer import Trainer
@@ -74,7 +74,7 @@ class ObjectiveTrainer(Trainer):
             if batch.metrics is not None and self.ctx.tp_rank == 0:
                 total += torch.stack([batch.metrics[n].double() for n in names])
         if self.ctx.world_group.size > 1:
-            dist.all_reduce(total, group=self.ctx.world_group.pg)
+            comm.reduce_in_place(total, self.ctx.world_group)
         return dict(zip(names, (total / (len(batches) * self.ctx.layout.dp)).tolist()))
 
     def stage_kwargs(self, labels: list[PackedBatch]) -> list[dict]:

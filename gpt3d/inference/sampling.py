@@ -27,10 +27,8 @@ def gather_stacked(x: torch.Tensor, group: Group, op_name: str) -> torch.Tensor:
     if group.size == 1:
         return x.unsqueeze(0)
     x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(group.size)]
     group.account(op_name, x.numel() * x.element_size() * group.size)
-    dist.all_gather(parts, x, group=group.pg)
-    return torch.stack(parts)
+    return torch.stack(comm.gather_list(x, group))
 
 
 def gumbel_noise(seed: int, request_ids: Sequence[int], step: int, vocab: int) -> torch.Tensor:

@@ -1,8 +1,12 @@
-"""Tensor-parallel communication steps, each a small named autograd.Function taking its group.
+"""Collectives on a Group, and the tensor-parallel communication steps (each a small named autograd.Function taking
+its group).
 
-Every function returns its input unchanged when the group has one rank, and records the bytes it moves on the group
-(forward and backward) so tests and metrics can compare them with the analytical volumes. Sequence-parallel
-functions split/gather along dim 1 (activations are [batch, seq, hidden]).
+The raw collectives (`reduce_in_place`, `reduce_scatter_into`, `gather_into`, `gather_list`) run through the
+group's shared memory when it has one (CPU ranks on one host, gpt3d/parallel/shared_memory.py) and through
+torch.distributed otherwise; they account nothing. The steps above them return their input unchanged when the group
+has one rank, and record the bytes they move on the group (forward and backward) so tests and metrics can compare
+them with the analytical volumes. Sequence-parallel functions split/gather along dim 1 (activations are
+[batch, seq, hidden]).
 """
 from __future__ import annotations
 
@@ -14,6 +18,58 @@ from .context import Group
 SEQ_DIM = 1
 
 
+class _Completed:
+    """The handle of a collective that has already finished (shared-memory collectives run synchronously)."""
+
+    def wait(self, timeout=None) -> bool:
+        return True
+
+    def is_completed(self) -> bool:
+        return True
+
+
+def _shared_memory(group: Group, *tensors: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM):
+    shm = group.shm
+    if shm is None or not all(t.is_contiguous() and shm.supported(t, op) for t in tensors):
+        return None
+    return shm
+
+
+def reduce_in_place(x: torch.Tensor, group: Group, op: dist.ReduceOp = dist.ReduceOp.SUM, async_op: bool = False):
+    """x = the reduction of every rank's x; with async_op a handle to wait on (already complete in shared memory)."""
+    shm = _shared_memory(group, x, op=op)
+    if shm is None:
+        return dist.all_reduce(x, op=op, group=group.pg, async_op=async_op)
+    shm.all_reduce(x, op)
+    return _Completed() if async_op else None
+
+
+def reduce_scatter_into(out: torch.Tensor, x: torch.Tensor, group: Group, async_op: bool = False):
+    """out = the sum over ranks of part `group.rank` of x (x flat in `group.size` equal parts)."""
+    shm = _shared_memory(group, out, x)
+    if shm is None:  # (flat views: gloo wants the output as the input's dim 0 times the group size)
+        return dist.reduce_scatter_tensor(out.view(-1), x.view(-1), group=group.pg, async_op=async_op)
+    shm.reduce_scatter_tensor(out, x)
+    return _Completed() if async_op else None
+
+
+def gather_into(out: torch.Tensor, x: torch.Tensor, group: Group) -> None:
+    """out = every rank's x, concatenated in rank order (flat)."""
+    shm = _shared_memory(group, out, x)
+    if shm is None:
+        dist.all_gather_into_tensor(out.view(-1), x.reshape(-1), group=group.pg)
+    else:
+        shm.all_gather_into_tensor(out, x)
+
+
+def gather_list(x: torch.Tensor, group: Group) -> list[torch.Tensor]:
+    """Every rank's x (same shape and dtype on all), in rank order."""
+    x = x.contiguous()
+    out = torch.empty((group.size,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+    gather_into(out, x, group)
+    return list(out.unbind(0))
+
+
 def all_reduce(x: torch.Tensor, group: Group, op_name: str = "all_reduce",
                op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
     """In-place reduction over the group. Accounting counts the tensor's bytes once per all-reduce (the algorithm's
@@ -21,7 +77,7 @@ def all_reduce(x: torch.Tensor, group: Group, op_name: str = "all_reduce",
     if group.size == 1:
         return x
     group.account(op_name, x.numel() * x.element_size())
-    dist.all_reduce(x, op=op, group=group.pg)
+    reduce_in_place(x, group, op)
     return x
 
 
@@ -29,22 +85,19 @@ def start_all_reduce(x: torch.Tensor, group: Group, op_name: str = "all_reduce")
     """Start an in-place sum over the group (group.size > 1) and return its handle: the caller overlaps work, then
     calls .wait(). Accounted as all_reduce."""
     group.account(op_name, x.numel() * x.element_size())
-    return dist.all_reduce(x, group=group.pg, async_op=True)
+    return reduce_in_place(x, group, async_op=True)
 
 
 def _all_gather_dim(x: torch.Tensor, group: Group, dim: int) -> torch.Tensor:
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(group.size)]
     group.account("all_gather", x.numel() * x.element_size() * group.size)
-    dist.all_gather(parts, x, group=group.pg)
-    return torch.cat(parts, dim=dim)
+    return torch.cat(gather_list(x, group), dim=dim)
 
 
 def _reduce_scatter_dim(x: torch.Tensor, group: Group, dim: int) -> torch.Tensor:
-    parts = [p.contiguous() for p in x.chunk(group.size, dim=dim)]
-    out = torch.empty_like(parts[group.rank])
+    parts = x.chunk(group.size, dim=dim)
+    out = torch.empty_like(parts[group.rank], memory_format=torch.contiguous_format)
     group.account("reduce_scatter", x.numel() * x.element_size())
-    dist.reduce_scatter(out, parts, group=group.pg)
+    reduce_scatter_into(out, torch.stack(parts) if dim else x.contiguous(), group)
     return out
 
 

@@ -18,6 +18,8 @@ from gpt3d.config.divisibility import layout_rules_broken
 from gpt3d.config.model import ModelConfig
 from gpt3d.config.parallel import ParallelConfig
 
+from .shared_memory import SharedMemoryCollectives
+
 
 class LayoutError(ConfigError):
     """The parallel layout does not fit the world size, the model or the batch."""
@@ -30,6 +32,7 @@ class Group:
     ranks: list[int]
     rank: int  # this rank's index inside the group
     pg: Optional[object] = None  # torch ProcessGroup; None when the group is this rank alone
+    shm: Optional[object] = None  # SharedMemoryCollectives when the ranks share a host (CPU, gloo); else None
     bytes_moved: dict[str, int] = field(default_factory=dict)
     current_op: str = ""
 
@@ -136,8 +139,9 @@ class ParallelContext:
     """This rank's coordinates and groups. Built collectively by every rank (group creation is collective)."""
 
     def __init__(self, layout: Layout, rank: int, device: torch.device, timeout_s: float = 300.0,
-                 last_stage_rank: Optional[int] = None):
+                 last_stage_rank: Optional[int] = None, shared_memory: bool = True):
         self.layout = layout
+        self.shared_memory = shared_memory and device.type == "cpu"  # collectives through /dev/shm where possible
         self.rank = rank
         self.device = device
         self.tp_rank, self.dp_rank, self.pp_rank = layout.coords(rank)
@@ -176,6 +180,8 @@ class ParallelContext:
             if self.rank in ranks:
                 mine = Group(name, ranks, ranks.index(self.rank), pg)
         assert mine is not None, f"rank {self.rank} is in no {name} group"
+        if mine.pg is not None and self.shared_memory and dist.get_backend(mine.pg) == "gloo":
+            mine.shm = SharedMemoryCollectives.create(mine.pg, mine.rank, mine.size, self.timeout.total_seconds())
         return mine
 
     @property

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from . import comm
 from .context import Group, ParallelContext
 
 
@@ -148,9 +148,9 @@ class GradSynchronizer:
             self._shard_out = getattr(self, "_shard_out", {})
             out = torch.empty(bucket.padded // self.dp.size, dtype=torch.float32, device=bucket.grad_data.device)
             self._shard_out[id(bucket)] = out
-            return dist.reduce_scatter_tensor(out, bucket.grad_data, group=self.dp.pg, async_op=async_op)
+            return comm.reduce_scatter_into(out, bucket.grad_data, self.dp, async_op=async_op)
         self.dp.account("all_reduce", nbytes)
-        return dist.all_reduce(bucket.grad_data, group=self.dp.pg, async_op=async_op)
+        return comm.reduce_in_place(bucket.grad_data, self.dp, async_op=async_op)
 
     def _complete(self, bucket: Bucket) -> None:
         if bucket.work is not None:
@@ -171,10 +171,10 @@ class GradSynchronizer:
             grad = p.main_grad
             if getattr(p, "embedding_sync", False) and self.ctx.embedding_group.size > 1:
                 self.ctx.embedding_group.account("all_reduce", grad.numel() * grad.element_size())
-                dist.all_reduce(grad, group=self.ctx.embedding_group.pg)
+                comm.reduce_in_place(grad, self.ctx.embedding_group)
             if getattr(p, "tp_partial_grad", False) and self.ctx.tp_group.size > 1:
                 self.ctx.tp_group.account("all_reduce", grad.numel() * grad.element_size())
-                dist.all_reduce(grad, group=self.ctx.tp_group.pg)
+                comm.reduce_in_place(grad, self.ctx.tp_group)
 
     def finish(self) -> None:
         """After backward: complete in-flight reductions, then the deferred ones (MP first, then DP)."""
@@ -214,7 +214,7 @@ class GradSynchronizer:
             return
         for bucket in self.all_buckets():
             shard = bucket.shard(bucket.grad_data, self.dp).clone()
-            dist.all_gather_into_tensor(bucket.grad_data, shard, group=self.dp.pg)
+            comm.gather_into(bucket.grad_data, shard, self.dp)
 
     def gather_params(self) -> None:
         """Distributed optimizer: every rank updated its shard of each bucket; all-gather the full parameters (in the
@@ -224,4 +224,4 @@ class GradSynchronizer:
         for bucket in self.all_buckets():
             shard = bucket.shard(bucket.param_data, self.dp).clone()
             self.dp.account("all_gather", bucket.param_data.numel() * bucket.param_data.element_size())
-            dist.all_gather_into_tensor(bucket.param_data, shard, group=self.dp.pg)
+            comm.gather_into(bucket.param_data, shard, self.dp)

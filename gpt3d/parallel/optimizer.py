@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from gpt3d.config.optim import OptimConfig
 
+from . import comm
 from .context import ParallelContext
 from .data_parallel import Bucket, GradSynchronizer
 
@@ -114,7 +114,7 @@ class ShardedAdamW:
         total = torch.tensor(local, dtype=torch.float64, device=self.ctx.device)
         if self.ctx.world_group.size > 1:
             self.ctx.world_group.account("all_reduce", 8)
-            dist.all_reduce(total, group=self.ctx.world_group.pg)
+            comm.reduce_in_place(total, self.ctx.world_group)
         return math.sqrt(total.item()) / grad_scale
 
     @torch.no_grad()

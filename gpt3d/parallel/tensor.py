@@ -181,9 +181,7 @@ class VocabParallelLMHead(LMHead):
         local = self._local_logits(hidden, weight)
         if self.group.size == 1:
             return local
-        parts = [torch.empty_like(local) for _ in range(self.group.size)]
-        dist.all_gather(parts, local.contiguous(), group=self.group.pg)
-        return torch.cat(parts, dim=-1)
+        return torch.cat(comm.gather_list(local, self.group), dim=-1)
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return vocab_parallel_cross_entropy(self._local_logits(hidden, weight, pad_bias=False), labels,

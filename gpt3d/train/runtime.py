@@ -54,5 +54,6 @@ def init_runtime(cfg: RunConfig, rank: int, world_size: int, local_rank: int, lo
         dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=cfg.parallel.comm_timeout_s))
     ctx = ParallelContext(layout, rank, device, cfg.parallel.comm_timeout_s,
-                          last_stage_rank=0 if cfg.parallel.schedule == "zbv" else None)
+                          last_stage_rank=0 if cfg.parallel.schedule == "zbv" else None,
+                          shared_memory=cfg.parallel.cpu_collectives == "auto")
     return Runtime(ctx, num_micro, world_size, local_world_size)

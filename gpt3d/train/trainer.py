@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from gpt3d.config.run import RunConfig
+from gpt3d.parallel import comm
 from gpt3d.parallel.build import build_model_chunks
 from gpt3d.parallel.data_parallel import GradSynchronizer
 from gpt3d.parallel.optimizer import DynamicLossScaler, ShardedAdamW, lr_at
@@ -103,7 +103,7 @@ class Trainer:
         if losses and self.ctx.tp_rank == 0:
             total += torch.stack([l.double() for l in losses]).sum()
         if self.ctx.world_group.size > 1:
-            dist.all_reduce(total, group=self.ctx.world_group.pg)
+            comm.reduce_in_place(total, self.ctx.world_group)
         return total.item() / count
 
     # -- training -------------------------------------------------------------------------------------------------

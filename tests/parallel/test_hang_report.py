@@ -1,6 +1,6 @@
 """Hang safety: when a rank stops participating, the others do not wait forever. With a short
 parallel.comm_timeout_s the waiting rank's point-to-point receive (pipeline) or collective (data-parallel gradient
-all-reduce) times out; the failure handler of the training loop (gpt3d.train.loop.report_failure) reports the rank,
+all-reduce, in shared memory or over gloo) times out; the failure handler of the training loop (gpt3d.train.loop.report_failure) reports the rank,
 its coordinates, the last operation per group and the schedule step, and the job exits non-zero. Run as a subprocess
 under a hard timeout, so a regression shows as a failure, not a stuck suite."""
 from __future__ import annotations
@@ -20,8 +20,12 @@ HARD_TIMEOUT_S = 180  # generous for a loaded machine; a hang would last for ran
 CASES = {
     # pp=2: rank 0 (first stage) waits in the 1F1B steady state for the gradient of its micro-batch.
     "pipeline p2p": (["parallel.pp=2"], "1f1b", "pp: p2p("),
-    # dp=2: rank 0 waits for the overlapped gradient all-reduce after its backward.
-    "data-parallel all-reduce": (["parallel.dp=2"], "gradient reduction", "dp: all_reduce"),
+    # dp=2 over gloo: rank 0 waits for the overlapped gradient all-reduce after its backward. In shared memory (the
+    # default on one host) the bucket's all-reduce runs when the bucket is ready, inside the last backward, and
+    # waits there.
+    "data-parallel all-reduce": (["parallel.dp=2"], "1f1b", "dp: all_reduce"),
+    "data-parallel all-reduce over gloo": (["parallel.dp=2", "parallel.cpu_collectives=gloo"], "gradient reduction",
+                                           "dp: all_reduce"),
 }
 
 
@@ -38,7 +42,7 @@ def test_silent_rank_is_reported_and_the_job_exits(tmp_path, case):
     assert "rank 0 (tp 0, dp 0, pp 0) failed during" in line
     assert f"'{schedule_step}" in line, line  # the schedule step, e.g. '1f1b steady step 1'
     assert operation in line, line  # the operation it was waiting in
-    assert "Timed out" in line, line  # gloo's timeout fired: the rank did not wait forever
+    assert "Timed out" in line, line  # the collective's timeout fired: the rank did not wait forever
     # Rank 0 completed the first step with rank 1, and failed in the second, not in set-up.
     assert "rank 1: stops participating before step 2" in proc.stderr
     assert "rank 0: step 1 done" in proc.stderr and "rank 0: step 2 done" not in proc.stderr

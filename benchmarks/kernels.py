@@ -1,11 +1,11 @@
-"""Fused LayerNorm / add+LayerNorm / scaled masked softmax vs PyTorch eager, measured in the same run.
+"""Fused LayerNorm / add+LayerNorm / scaled masked softmax / tanh GELU vs PyTorch eager, measured in the same run.
 
 For each CPU code path this machine has (avx512, avx2, portable: forced with GPT3D_CPU_ISA), op and shape: forward and
 forward+backward time, achieved GB/s, speedup over the PyTorch eager baseline (timed right beside it), and the
 forward's fraction of the copy bandwidth (a copy into a preallocated tensor, read + write) measured at the start of
 the run. Bytes are those the op actually moves: inputs read once, outputs written once; the causal softmax reads only
 the visible (lower-triangle) scores and writes the whole row (zeros above the diagonal), and its backward reads dy and
-y over the visible part.
+y over the visible part; GELU's backward reads x and dy and writes dx.
 
     python benchmarks/kernels.py                 # GPT-2-small-like layer shapes, every path of this CPU
     python benchmarks/kernels.py --isa avx2      # one path
@@ -102,6 +102,15 @@ def softmax_cases(shapes, dtypes):
                    2 * n + mask.numel(), 2 * n + mask.numel() + 3 * n, 1)
 
 
+def gelu_cases(shapes, dtypes):
+    for dtype in dtypes:
+        for tokens, d_ff in shapes:
+            x = torch.randn(tokens, d_ff, dtype=dtype) * 2
+            n = x.numel() * x.element_size()
+            yield (f"gelu_tanh {tokens}x{d_ff}", dtype, (x,), lambda x: K.gelu_tanh(x),
+                   lambda x: F.gelu(x, approximate="tanh"), 2 * n, 2 * n + 3 * n, 1)
+
+
 # glibc returns large freed blocks to the OS and every new output then pays first-touch page faults, which on this
 # machine cost more than the kernels themselves (a clone "copies" at ~4 GB/s instead of ~20). Keep freed memory in
 # the heap for the whole benchmark, eager and fused alike: every measuring process runs with these malloc settings.
@@ -163,10 +172,11 @@ def main() -> None:
     reps = args.reps or (5 if args.quick else 15)
     if args.quick:
         cases = [*layer_norm_cases(1024, (768,), (torch.float32, torch.bfloat16)),
-                 *softmax_cases(((4, 256),), (torch.float32,))]
+                 *softmax_cases(((4, 256),), (torch.float32,)), *gelu_cases(((512, 2048),), (torch.float32,))]
     else:
         cases = [*layer_norm_cases(args.ln_rows, (768, 1024, 2048), (torch.float32, torch.bfloat16)),
-                 *softmax_cases(((64, 512), (16, 1024), (4, 2048)), (torch.float32, torch.bfloat16))]
+                 *softmax_cases(((64, 512), (16, 1024), (4, 2048)), (torch.float32, torch.bfloat16)),
+                 *gelu_cases(((512, 2048), (2048, 3072)), (torch.float32, torch.bfloat16))]
     cases = [c for c in cases if args.only in c[0]]
     copy_gbs = copy_bandwidth(reps, (1 << 22) if args.quick else (1 << 26))
     print(f"\ngpt3d path {K.cpu_isa()} vs torch eager at ATEN_CPU_CAPABILITY={torch.backends.cpu.get_cpu_capability()}"

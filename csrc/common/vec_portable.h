@@ -138,6 +138,7 @@ namespace {
 inline VecPortable operator+(VecPortable a, VecPortable b) { return {a.v + b.v}; }
 inline VecPortable operator-(VecPortable a, VecPortable b) { return {a.v - b.v}; }
 inline VecPortable operator*(VecPortable a, VecPortable b) { return {a.v * b.v}; }
+inline VecPortable operator/(VecPortable a, VecPortable b) { return {a.v / b.v}; }
 inline VecPortable fmadd(VecPortable a, VecPortable b, VecPortable c) { return a * b + c; }  // no FMA in the baseline
 
 }  // namespace

@@ -44,7 +44,7 @@ def _linear(module, x: torch.Tensor) -> torch.Tensor:
 def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
     if getattr(mlp.fc1, "packed_weight", None) is None:
         return mlp(x)
-    return _linear(mlp.fc2, ops.gelu(_linear(mlp.fc1, x), mlp.activation))
+    return _linear(mlp.fc2, ops.gelu(_linear(mlp.fc1, x), mlp.activation, mlp.impl))
 
 
 def attention(attn, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from gpt3d.kernels import reference
 from gpt3d.kernels._ext import extension
+from gpt3d.kernels.gelu import gelu_tanh
 from gpt3d.kernels.layer_norm import add_layer_norm, layer_norm
 from gpt3d.kernels.softmax import scaled_causal_softmax, scaled_masked_softmax
 
-__all__ = ["layer_norm", "add_layer_norm", "scaled_masked_softmax", "scaled_causal_softmax", "reference",
+__all__ = ["layer_norm", "add_layer_norm", "gelu_tanh", "scaled_masked_softmax", "scaled_causal_softmax", "reference",
            "fused_available", "cpu_isa"]
 
 

@@ -52,3 +52,8 @@ def scaled_masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, scale
 def scaled_causal_softmax(scores: torch.Tensor, scale: float) -> torch.Tensor:
     """scaled_masked_softmax with the causal mask of the last two dimensions (see causal_mask)."""
     return scaled_masked_softmax(scores, causal_mask(scores.shape[-2], scores.shape[-1], scores.device), scale)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation: torch's own (fp64 stays fp64; bf16 is computed in fp32 by torch and rounded once)."""
+    return F.gelu(x, approximate="tanh")

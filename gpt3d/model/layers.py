@@ -114,9 +114,10 @@ class MLP(nn.Module):
         self.fc1 = Linear(cfg.d_model, cfg.d_ff, cfg.bf16_matmul)
         self.fc2 = Linear(cfg.d_ff, cfg.d_model, cfg.bf16_matmul)
         self.activation = cfg.activation
+        self.impl = cfg.kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(ops.gelu(self.fc1(x), self.activation))
+        return self.fc2(ops.gelu(self.fc1(x), self.activation, self.impl))
 
 
 class Block(nn.Module):

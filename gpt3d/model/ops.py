@@ -18,8 +18,12 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     return kernels.add_layer_norm(x.to(residual.dtype), residual, weight, bias, eps, impl=impl)
 
 
-def gelu(x: torch.Tensor, activation: str) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh" if activation == "gelu_tanh" else "none")
+def gelu(x: torch.Tensor, activation: str, impl: str) -> torch.Tensor:
+    """The MLP's activation: gelu_tanh through gpt3d.kernels (fused or reference by `impl`), exact gelu by torch."""
+    if activation == "gelu_tanh":
+        from gpt3d import kernels
+        return kernels.gelu_tanh(x, impl=impl)
+    return F.gelu(x)
 
 
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, core: str,

@@ -1,5 +1,6 @@
-"""Timing of every collective and point-to-point transfer, by wrapping torch.distributed's functions for the duration
-of a profiled step only (the profiler's own instrumentation; outside `patched()` torch.distributed is untouched).
+"""Timing of every collective and point-to-point transfer, by wrapping torch.distributed's functions, and the
+collectives of the groups' shared-memory buffers, for the duration of a profiled step only (the profiler's own
+instrumentation; outside `patched()` both are untouched).
 
 Each call is a segment of the SegmentClock (so a layer's time excludes the collectives inside it) and a record
 (group, start, end, whether a layer was running). Asynchronous work (the data-parallel bucket all-reduces launched
@@ -21,6 +22,7 @@ from .clock import FORWARD, SegmentClock
 COMM_GROUPS = ("tp", "dp", "pp", "embedding", "world")
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "reduce_scatter_tensor", "all_gather_into_tensor",
                "broadcast", "all_to_all_single")
+SHARED_MEMORY_COLLECTIVES = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor")
 
 
 @dataclass
@@ -151,18 +153,35 @@ class CommTimer:
 
         return patched
 
+    def _shared_memory(self, group: str, method: str, original):
+        """A collective of a group's shared-memory buffer (gpt3d/parallel/shared_memory.py): always blocking."""
+        def patched(*args, **kwargs):
+            if group == "world" and method == "all_reduce":
+                self.log.world_bytes += args[0].numel() * args[0].element_size()
+            return self.timed(group, original, *args, **kwargs)
+
+        return patched
+
     @contextlib.contextmanager
     def patched(self):
         originals = {name: getattr(dist, name) for name in (*COLLECTIVES, "batch_isend_irecv") if hasattr(dist, name)}
+        shared = []  # (buffer, method): instance attributes shadowing the class's methods while profiling
         try:
             for name, original in originals.items():
                 wrapper = self._batch_isend_irecv(original) if name == "batch_isend_irecv" else \
                     self._collective(name, original)
                 setattr(dist, name, wrapper)
+            for group_name, group in self.groups.items():
+                for method in SHARED_MEMORY_COLLECTIVES:
+                    if group.shm is not None and method not in vars(group.shm):
+                        setattr(group.shm, method, self._shared_memory(group_name, method, getattr(group.shm, method)))
+                        shared.append((group.shm, method))
             yield self
         finally:
             for name, original in originals.items():
                 setattr(dist, name, original)
+            for buffer, method in shared:
+                delattr(buffer, method)
 
     def collect(self) -> CommLog:
         out, self.log = self.log, CommLog()

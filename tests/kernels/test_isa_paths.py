@@ -110,4 +110,6 @@ def test_auto_follows_the_table_of_the_process_path():
         chosen = "fused" if dtype in _select.AUTO_FUSED_ON_CPU[isa].get("scaled_causal_softmax", ()) else "reference"
         assert torch.equal(kernels.scaled_causal_softmax(s, 0.5, impl="auto"),
                            kernels.scaled_causal_softmax(s, 0.5, impl=chosen)), (isa, dtype, chosen)
+        chosen = "fused" if dtype in _select.AUTO_FUSED_ON_CPU[isa].get("gelu_tanh", ()) else "reference"
+        assert torch.equal(kernels.gelu_tanh(xd, impl="auto"), kernels.gelu_tanh(xd, impl=chosen)), (isa, dtype, chosen)
     assert _select.resolve("auto", "layer_norm", torch.zeros(1, dtype=torch.float64)) == "reference"

@@ -8,10 +8,14 @@ for this model (|grad| <= ~0.1, K <= 8 * 32 * 256 for the largest reduction) tha
 difference observed is 4e-8. So gradients must agree within 1e-6 absolute + 1e-5 relative: 25x above the rounding
 noise, and far below what any real mistake produces (a missing 1/m or 1/dp factor, a dropped micro-batch or a missing
 all-reduce changes gradients by >= 1e-3 relative, i.e. >= 1e-5 absolute on the larger entries). Losses: 1e-5 relative
-over the 20-step trajectories (the issue's bound) and 1e-6 at step 1. Parameters after the optimizer steps are compared
-within 5e-5 absolute (about 1/60 of one step's lr = 3e-3, on weights of std 0.02): Adam normalises every update to
-~lr whatever the gradient's size, so an element whose gradient is at rounding level moves by a rounding-driven fraction
-of lr each step (observed up to 1.3e-5 after 20 steps).
+over the 20-step trajectories (the issue's bound) and 1e-6 at step 1. Parameters after the optimizer steps: Adam
+normalises every update to ~lr (3e-3, on weights of std 0.02) whatever the gradient's size, so an element whose
+gradient (or first moment) is at rounding level moves by a rounding-driven fraction of lr each step. Nearly every
+element stays within TYPICAL_PARAM_ATOL = 2e-5; a few isolated elements go further: the largest observed is 5.2e-5
+(tp2 pp4 sp, 3 steps: one element of 4096 in blocks.7.attn.proj.weight; the same layout with torch's GELU instead of
+the fused one: 4.8e-5, in an embed.pos element whose first gradient is 4e-8). So every element must be within
+PARAM_ATOL = 1e-4 (1/30 of lr) and at most one in a thousand of a tensor's elements beyond 2e-5; a real mistake
+(a missing reduction, a wrong scale) moves most elements of a tensor by a sizeable fraction of lr.
 """
 import pytest
 import torch
@@ -22,7 +26,7 @@ register_parity_jobs()
 
 GRAD_ATOL, GRAD_RTOL = 1e-6, 1e-5
 LOSS_RTOL = 1e-5
-PARAM_ATOL = 5e-5
+PARAM_ATOL, TYPICAL_PARAM_ATOL = 1e-4, 2e-5
 
 
 def layout_result(name: str) -> dict:
@@ -57,6 +61,8 @@ def test_losses_norms_and_parameters_follow_single_process(name):
     assert got["losses"][-1] < got["losses"][0]  # the optimizer really stepped
     for key, value in ref["params"].items():
         torch.testing.assert_close(got["params"][key], value, atol=PARAM_ATOL, rtol=0, msg=lambda m: f"{key}: {m}")
+        beyond = int(((got["params"][key] - value).abs() > TYPICAL_PARAM_ATOL).sum())
+        assert beyond <= max(1, value.numel() // 1000), f"{key}: {beyond} of {value.numel()} elements beyond 2e-5"
 
 
 @pytest.mark.parametrize("name", [n for n, (_, _, steps) in PARITY_JOBS.items() if steps == TRAJECTORY_STEPS])

@@ -11,6 +11,10 @@ The test prints a table (layout, measured ms, predicted ms, error %) and asserts
   Measured here: the single process within ~20%, the 2-rank layouts within ~40%, and the 2-rank step times themselves
   vary by up to ~25% between identical runs (a rank waiting in gloo sleeps, and waking it costs ~0.1-1 ms).
 
+The runs keep every collective on gloo (`parallel.cpu_collectives=gloo`; by default a CPU group on one host sums
+through shared memory, 3-6x faster): the performance model has one link per node, and on this CPU that link is the
+measured gloo loopback, which also carries the pipeline's point-to-point transfers.
+
 Every layout has at most 2 ranks, so each rank owns one of the 2 cores (one thread each); the predictor is told 2
 "GPUs" per node, so every collective and pipeline transfer uses the measured loopback link. A layout of 2 ranks fills
 the node, and is predicted with the GEMM rate scaled by how much slower the slower of two processes computing at
@@ -108,7 +112,8 @@ def train_once(name: str, flags: list[str], out: Path) -> Run:
     command = [sys.executable, "-m", "gpt3d", "train", CONFIG, "--out", str(out), "--overwrite", "--steps", str(STEPS),
                "--set", f"train.global_batch_size={GLOBAL_BATCH}", "--set", f"train.micro_batch_size={MICRO_BATCH}",
                "--set", "train.threads=1", "--set", "train.eval_interval=0", "--set", "train.tensorboard=false",
-               "--set", "train.progress=false", "--set", "train.dtype=fp32", *flags]
+               "--set", "train.progress=false", "--set", "train.dtype=fp32",
+               "--set", "parallel.cpu_collectives=gloo", *flags]
     with OtherLoad() as load:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{name}: gpt3d train failed:\n{done.stdout}\n{done.stderr}"

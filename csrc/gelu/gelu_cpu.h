@@ -1,0 +1,26 @@
+// Torch-free CPU entry points of the tanh-approximation GELU (OpenMP over blocks of elements).
+#pragma once
+#include <cstdint>
+
+#include "gelu/gelu_args.h"
+
+namespace gpt3d {
+
+void gelu_forward_cpu(const GeluArgs& a);
+void gelu_backward_cpu(const GeluArgs& a);
+
+// Per-instruction-set kernels over elements [begin, end).
+namespace cpu_portable {
+void gelu_forward_span(const GeluArgs& a, int64_t begin, int64_t end);
+void gelu_backward_span(const GeluArgs& a, int64_t begin, int64_t end);
+}  // namespace cpu_portable
+namespace cpu_avx512 {
+void gelu_forward_span(const GeluArgs& a, int64_t begin, int64_t end);
+void gelu_backward_span(const GeluArgs& a, int64_t begin, int64_t end);
+}  // namespace cpu_avx512
+namespace cpu_avx2 {
+void gelu_forward_span(const GeluArgs& a, int64_t begin, int64_t end);
+void gelu_backward_span(const GeluArgs& a, int64_t begin, int64_t end);
+}  // namespace cpu_avx2
+
+}  // namespace gpt3d

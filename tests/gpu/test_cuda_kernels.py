@@ -1,12 +1,13 @@
 """CUDA kernels against references at GPT-3 shapes, forward and backward, in float32, bfloat16 and float16.
 
-Shapes: LayerNorm rows of d_model = 12288 (2 x 2048 tokens); softmax over 96 heads x 2048 x 2048 scores; block-sparse
-attention with 96 heads x d_head 128 at T = 2048 (the `fixed` layout, blocks of 32 and 64).
+Shapes: LayerNorm rows of d_model = 12288 (2 x 2048 tokens); the tanh GELU over 4096 x 12288; softmax over 96 heads
+x 2048 x 2048 scores; block-sparse attention with 96 heads x d_head 128 at T = 2048 (the `fixed` layout, blocks of 32
+and 64).
 
-Truth is the same inputs (already rounded to the dtype) through float64 math on the GPU: torch's own LayerNorm, the
-softmax formula of gpt3d.kernels.reference evaluated in float64, and a dense masked attention written here in float64
-for the sparse kernel. The error of a result
-is max |got - truth| / max |truth|, the error at the tensor's own scale. Tolerances per dtype:
+Truth is the same inputs (already rounded to the dtype) through float64 math on the GPU: torch's own LayerNorm and
+tanh GELU, the softmax formula of gpt3d.kernels.reference evaluated in float64, and a dense masked attention written
+here in float64 for the sparse kernel. The error of a result is max |got - truth| / max |truth|, the error at the
+tensor's own scale. Tolerances per dtype:
     float32   1e-4     fp32 accumulation over 12288-wide rows, 2048-key rows and 2048-row parameter gradients
     bfloat16  3.2e-2   4 steps of bfloat16's 2^-7 relative spacing (the kernels round once, from fp32)
     float16   4e-3     4 steps of float16's 2^-10 relative spacing
@@ -125,6 +126,23 @@ def test_add_layer_norm(dtype):
     got = dict(zip(names, (y, *grads((total, y), (x, r, w, b), (dtotal, dy)))))
     eager = dict(zip(names, (y_ref, *grads((total_ref, y_ref), (x, r, w, b), (dtotal, dy)))))
     check("add_layer_norm", dtype, got, dict(zip(names, (y64, dx64, dx64, dw64, db64))), eager)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_gelu_tanh(dtype):
+    """The MLP's activation at a GPT-3 layer's size (4096 tokens x d_model 12288 of the 4 x d_model hidden)."""
+    assert_fused(dtype)
+    x = (torch.randn(TOKENS, D_MODEL, device=DEVICE) * 3).to(dtype).requires_grad_()
+    dy = torch.randn(x.shape, device=DEVICE).to(dtype)
+    y = kernels.gelu_tanh(x)
+    assert torch.equal(y, torch.ops.gpt3d_C.gelu_tanh_fwd(x)), "the fused CUDA op did not run"
+    y_ref = reference.gelu_tanh(x)
+    x64 = x.detach().double().requires_grad_()
+    y64 = F.gelu(x64, approximate="tanh")
+    (dx64,) = grads(y64, (x64,), dy.double())
+    got = {"y": y, "dx": grads(y, (x,), dy)[0]}
+    eager = {"y": y_ref, "dx": grads(y_ref, (x,), dy)[0]}
+    check("gelu_tanh", dtype, got, {"y": y64.detach(), "dx": dx64}, eager)
 
 
 def softmax_case(dtype, masked: bool):

@@ -8,7 +8,8 @@ view of `grad_data`. In fp32, `param.grad` is that same view and autograd accumu
 into the fp32 `main_grad` and frees it, so micro-batches accumulate in fp32. Weight gradients computed outside
 autograd (a pipeline schedule's deferred weight-gradient step) enter through `add_weight_grad`, the same path.
 During the last micro-batch's backward, a bucket is reduced asynchronously as soon as all of its gradients are final,
-overlapping the rest of backward. Earlier micro-batches accumulate into the same buffers with no communication.
+overlapping the rest of backward (through a CPU group's shared memory the reduction runs at that moment, synchronously:
+gpt3d/parallel/shared_memory.py). Earlier micro-batches accumulate into the same buffers with no communication.
 
 Gradients that need another reduction first are kept in "deferred" buckets, reduced after backward: the tied
 embedding and its copy on the last pipeline stage (summed over the embedding group) and, under sequence

@@ -2,16 +2,18 @@
 
 gloo moves CPU tensors over loopback TCP: a 2 MB all-reduce between two processes costs ~4 ms of kernel copies on the
 2-core CI machine, with the cores also busy computing. When every rank of a group can map the same file in
-/dev/shm, gpt3d sums through it instead: each rank copies its tensor into its own slot, one gloo barrier says every
-slot is written, and each rank reads the slots. Every rank adds the slots in the same order (slot 0 first), so the
+/dev/shm, gpt3d sums through it instead: each rank copies its tensor into its own slot, a barrier on the buffer's
+header (gpt3d_C::shm_barrier, csrc/shared_memory/: release/acquire order, spin then yield then sleep) says every slot
+is written, and each rank reads the slots. Every rank adds the slots in the same order (slot 0 first), so the
 results are bit-identical across ranks, as a collective's must be.
 
 Two slot sets alternate between rounds. A rank can start writing round k+2 only after the barrier of round k+1,
 which every rank reaches only after it finished reading round k: one barrier per round is enough.
 
 The buffer is set up collectively when the group is created and only if every rank sees the bytes rank 0 wrote
-(ranks on different hosts or in containers with separate /dev/shm fall back to gloo). The file is unlinked as soon
-as every rank mapped it, so nothing stays in /dev/shm, even after a crash.
+(ranks on different hosts or in containers with separate /dev/shm fall back to gloo, as does a build without the
+extension). The file is unlinked as soon as every rank mapped it, so nothing stays in /dev/shm once the group exists,
+whatever happens to the ranks later.
 """
 from __future__ import annotations
 
@@ -78,7 +80,8 @@ class SharedMemoryCollectives:
         if not ok.item():
             return None
         shm = cls(buffer, pg, rank, size, slot_bytes, timeout_s)
-        dist.barrier(group=pg)  # every rank has checked the token before anyone clears it
+        # Every rank has read the token (the all-reduce above) before rank 0 clears it with its header line; the
+        # barrier makes every line [round 0, pid] before any round starts.
         shm.header.view(size, HEADER_LINE)[rank].copy_(torch.tensor([0, os.getpid()] + [0] * (HEADER_LINE - 2)))
         dist.barrier(group=pg)
         return shm

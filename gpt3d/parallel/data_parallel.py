@@ -11,6 +11,12 @@ During the last micro-batch's backward, a bucket is reduced asynchronously as so
 overlapping the rest of backward (through a CPU group's shared memory the reduction runs at that moment, synchronously:
 gpt3d/parallel/shared_memory.py). Earlier micro-batches accumulate into the same buffers with no communication.
 
+In fp32, embedding tables (`nn.Embedding` modules whose weight is in a bucket) produce sparse gradients: the rows of
+the tokens looked up, added in place into the dense main gradient (autograd's `dense += sparse`). A dense embedding
+gradient would zero-fill and then add the whole [vocab, d] table per micro-batch (~10 ms for 8192 x 512 on one core,
+against ~1 ms). bf16/fp16 keep the dense gradient: its per-micro-batch rounding (duplicate tokens summed by the
+embedding backward, then one bf16 gradient) is the one accumulated in fp32, as above.
+
 Gradients that need another reduction first are kept in "deferred" buckets, reduced after backward: the tied
 embedding and its copy on the last pipeline stage (summed over the embedding group) and, under sequence
 parallelism, parameters whose gradient is partial per TP rank (summed over the TP group).
@@ -71,6 +77,10 @@ class GradSynchronizer:
                     self._bucket_of[id(p)] = (c, bucket)
                     if self.mixed or (self.overlap and not bucket.deferred):
                         p.register_post_accumulate_grad_hook(self._on_grad_ready)
+        for chunk in chunks if not self.mixed else ():
+            for module in chunk.modules():
+                if isinstance(module, nn.Embedding) and id(module.weight) in self._bucket_of:
+                    module.sparse = True  # a lookup's gradient touches only the rows it read: add those in place
 
     def _build(self, chunk: nn.Module, bucket_mb: float) -> list[Bucket]:
         params = [p for p in chunk.parameters() if p.requires_grad]

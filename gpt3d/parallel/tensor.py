@@ -99,7 +99,7 @@ class VocabParallelEmbedding(Embedding):
                              f"({self.pos.weight.shape[0]}); use shorter sequences or a larger model.seq_len")
         local = ids - self.vocab_start
         outside = (local < 0) | (local >= self.per_rank)
-        partial = F.embedding(local.masked_fill(outside, 0), self.tok.weight)
+        partial = F.embedding(local.masked_fill(outside, 0), self.tok.weight, sparse=self.tok.sparse)
         partial = partial.masked_fill(outside.unsqueeze(-1), 0.0)
         seq = ids.shape[1]
         if self.sequence_parallel:

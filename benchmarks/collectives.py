@@ -1,5 +1,5 @@
 """CPU collectives between local ranks: gpt3d's shared-memory path (gpt3d/parallel/shared_memory.py) against gloo's
-all-reduce over loopback TCP, in the same processes, timed alternately.
+all-reduce over loopback TCP, in the same processes (for each size: gloo's calls, then the shared-memory calls).
 
     python benchmarks/collectives.py [--ranks 2] [--sizes-mb 0.001 2 8 25 94] [--reps 20]
 

@@ -58,25 +58,27 @@ int launch_backward(const GeluArgs& a, cudaStream_t stream) {
   return static_cast<int>(cudaGetLastError());
 }
 
+// fn(T{}) with T the storage type of `dtype`.
+template <class Fn>
+int by_dtype(DType dtype, Fn fn) {
+  switch (dtype) {
+    case DType::kBFloat16: return fn(uint16_t{});
+    case DType::kFloat16: return fn(__half{});
+    default: return fn(float{});
+  }
+}
+
 }  // namespace
 }  // namespace gpt3d
 
 extern "C" int gpt3d_gelu_forward_cuda(const gpt3d::GeluArgs* args, void* stream) {
-  using gpt3d::DType;
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (args->dtype) {
-    case DType::kBFloat16: return gpt3d::launch_forward<uint16_t>(*args, s);
-    case DType::kFloat16: return gpt3d::launch_forward<__half>(*args, s);
-    default: return gpt3d::launch_forward<float>(*args, s);
-  }
+  return gpt3d::by_dtype(args->dtype, [&](auto storage) {
+    return gpt3d::launch_forward<decltype(storage)>(*args, static_cast<cudaStream_t>(stream));
+  });
 }
 
 extern "C" int gpt3d_gelu_backward_cuda(const gpt3d::GeluArgs* args, void* stream) {
-  using gpt3d::DType;
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (args->dtype) {
-    case DType::kBFloat16: return gpt3d::launch_backward<uint16_t>(*args, s);
-    case DType::kFloat16: return gpt3d::launch_backward<__half>(*args, s);
-    default: return gpt3d::launch_backward<float>(*args, s);
-  }
+  return gpt3d::by_dtype(args->dtype, [&](auto storage) {
+    return gpt3d::launch_backward<decltype(storage)>(*args, static_cast<cudaStream_t>(stream));
+  });
 }

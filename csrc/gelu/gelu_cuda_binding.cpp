@@ -6,15 +6,12 @@
 #include <cuda_runtime_api.h>
 #include <torch/extension.h>
 
+#include "common/cuda_launch.h"
 #include "gelu/gelu_cuda.h"
 #include "gelu/gelu_torch.h"
 
 namespace gpt3d {
 namespace {
-
-void check_launch(const char* op, int err) {
-  TORCH_CHECK(err == 0, op, ": CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
-}
 
 at::Tensor gelu_tanh_fwd_cuda(const at::Tensor& x) {
   const char* op = "gpt3d_C::gelu_tanh_fwd";

@@ -6,15 +6,12 @@
 #include <cuda_runtime_api.h>
 #include <torch/extension.h>
 
+#include "common/cuda_launch.h"
 #include "layer_norm/layer_norm_cuda.h"
 #include "layer_norm/layer_norm_torch.h"
 
 namespace gpt3d {
 namespace {
-
-void check_launch(const char* op, int err) {
-  TORCH_CHECK(err == 0, op, ": CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                                    const at::Tensor& bias, double eps) {

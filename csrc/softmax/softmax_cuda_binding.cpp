@@ -6,15 +6,12 @@
 #include <cuda_runtime_api.h>
 #include <torch/extension.h>
 
+#include "common/cuda_launch.h"
 #include "softmax/softmax_cuda.h"
 #include "softmax/softmax_torch.h"
 
 namespace gpt3d {
 namespace {
-
-void check_launch(const char* op, int err) {
-  TORCH_CHECK(err == 0, op, ": CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
-}
 
 at::Tensor forward(const char* op, const at::Tensor& scores, const c10::optional<at::Tensor>& mask, double scale,
                    bool causal) {

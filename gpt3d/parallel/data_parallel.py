@@ -77,10 +77,10 @@ class GradSynchronizer:
                     self._bucket_of[id(p)] = (c, bucket)
                     if self.mixed or (self.overlap and not bucket.deferred):
                         p.register_post_accumulate_grad_hook(self._on_grad_ready)
-        for chunk in chunks if not self.mixed else ():
-            for module in chunk.modules():
+        if not self.mixed:  # fp32: a lookup's gradient touches only the rows it read; add those in place
+            for module in (m for chunk in chunks for m in chunk.modules()):
                 if isinstance(module, nn.Embedding) and id(module.weight) in self._bucket_of:
-                    module.sparse = True  # a lookup's gradient touches only the rows it read: add those in place
+                    module.sparse = True
 
     def _build(self, chunk: nn.Module, bucket_mb: float) -> list[Bucket]:
         params = [p for p in chunk.parameters() if p.requires_grad]

@@ -62,13 +62,13 @@ class SharedMemoryCollectives:
         dist.broadcast(name, group=pg, group_src=0)
         path = bytes(name[name > 0].tolist()).decode()
         token = uuid.UUID(path.rsplit("-", 1)[1]).int % (1 << 62)  # rank 0 writes it; the others must read it
-        buffer, seen = None, False
+        buffer, seen, built = None, False, has_op("shm_barrier")
         try:
-            if rank == 0 and has_op("shm_barrier") and os.path.isdir(SHM_DIR):
+            if rank == 0 and built and os.path.isdir(SHM_DIR):
                 buffer = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
                 buffer[:8].view(torch.int64).fill_(token)
             dist.barrier(group=pg)
-            if rank != 0 and has_op("shm_barrier") and os.path.exists(path):
+            if rank != 0 and built and os.path.exists(path):
                 buffer = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
             seen = buffer is not None and int(buffer[:8].view(torch.int64).item()) == token
         except (OSError, RuntimeError):

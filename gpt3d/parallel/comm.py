@@ -35,21 +35,55 @@ def _shared_memory(group: Group, *tensors: torch.Tensor, op: dist.ReduceOp = dis
     return shm
 
 
-def reduce_in_place(x: torch.Tensor, group: Group, op: dist.ReduceOp = dist.ReduceOp.SUM, async_op: bool = False):
-    """x = the reduction of every rank's x; with async_op a handle to wait on (already complete in shared memory)."""
+class _DivideOnWait:
+    """The handle of a torch.distributed reduction whose result is then divided (a gradient average): wait() waits,
+    then divides once."""
+
+    def __init__(self, work, x: torch.Tensor, divide_by: int):
+        self.work, self.x, self.divide_by = work, x, divide_by
+
+    def wait(self, timeout=None) -> bool:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+            self.x.div_(self.divide_by)
+        return True
+
+    def is_completed(self) -> bool:
+        return self.work is None
+
+
+def _divided(work, x: torch.Tensor, divide_by: int, async_op: bool):
+    if divide_by == 1:
+        return work
+    handle = _DivideOnWait(work, x, divide_by)
+    if async_op:
+        return handle
+    handle.wait()
+    return None
+
+
+def reduce_in_place(x: torch.Tensor, group: Group, op: dist.ReduceOp = dist.ReduceOp.SUM, async_op: bool = False,
+                    divide_by: int = 1):
+    """x = the reduction of every rank's x, divided by `divide_by` (a gradient average: in shared memory, each chunk
+    while it is in cache); with async_op a handle to wait on (already complete in shared memory)."""
     shm = _shared_memory(group, x, op=op)
     if shm is None:
-        return dist.all_reduce(x, op=op, group=group.pg, async_op=async_op)
-    shm.all_reduce(x, op)
+        work = dist.all_reduce(x, op=op, group=group.pg, async_op=async_op)
+        return _divided(work if async_op else _Completed(), x, divide_by, async_op)
+    shm.all_reduce(x, op, divide_by)
     return _Completed() if async_op else None
 
 
-def reduce_scatter_into(out: torch.Tensor, x: torch.Tensor, group: Group, async_op: bool = False):
-    """out = the sum over ranks of part `group.rank` of x (x flat in `group.size` equal parts)."""
+def reduce_scatter_into(out: torch.Tensor, x: torch.Tensor, group: Group, async_op: bool = False,
+                        divide_by: int = 1):
+    """out = the sum over ranks of part `group.rank` of x (x flat in `group.size` equal parts), divided by
+    `divide_by`."""
     shm = _shared_memory(group, out, x)
     if shm is None:  # (flat views: gloo wants the output as the input's dim 0 times the group size)
-        return dist.reduce_scatter_tensor(out.view(-1), x.view(-1), group=group.pg, async_op=async_op)
-    shm.reduce_scatter_tensor(out, x)
+        work = dist.reduce_scatter_tensor(out.view(-1), x.view(-1), group=group.pg, async_op=async_op)
+        return _divided(work if async_op else _Completed(), out, divide_by, async_op)
+    shm.reduce_scatter_tensor(out, x, divide_by=divide_by)
     return _Completed() if async_op else None
 
 

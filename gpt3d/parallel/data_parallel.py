@@ -159,9 +159,10 @@ class GradSynchronizer:
             self._shard_out = getattr(self, "_shard_out", {})
             out = torch.empty(bucket.padded // self.dp.size, dtype=torch.float32, device=bucket.grad_data.device)
             self._shard_out[id(bucket)] = out
-            return comm.reduce_scatter_into(out, bucket.grad_data, self.dp, async_op=async_op)
+            return comm.reduce_scatter_into(out, bucket.grad_data, self.dp, async_op=async_op,
+                                            divide_by=self.dp.size)
         self.dp.account("all_reduce", nbytes)
-        return comm.reduce_in_place(bucket.grad_data, self.dp, async_op=async_op)
+        return comm.reduce_in_place(bucket.grad_data, self.dp, async_op=async_op, divide_by=self.dp.size)
 
     def _complete(self, bucket: Bucket) -> None:
         if bucket.work is not None:
@@ -170,12 +171,8 @@ class GradSynchronizer:
         bucket.ready.clear()
         if self.dp.size == 1:
             return
-        if self.distributed:
-            shard = bucket.shard(bucket.grad_data, self.dp)
-            shard.copy_(self._shard_out.pop(id(bucket)))
-            shard.div_(self.dp.size)
-        else:
-            bucket.grad_data.div_(self.dp.size)
+        if self.distributed:  # (the reductions divided by dp: the averages)
+            bucket.shard(bucket.grad_data, self.dp).copy_(self._shard_out.pop(id(bucket)))
 
     def _model_parallel_reductions(self, bucket: Bucket) -> None:
         for p in bucket.params:

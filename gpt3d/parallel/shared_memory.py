@@ -108,7 +108,9 @@ class SharedMemoryCollectives:
         for view in views[2:]:
             reduce(out, view, out=out)
 
-    def all_reduce(self, x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    def all_reduce(self, x: torch.Tensor, op=dist.ReduceOp.SUM, divide_by: int = 1) -> torch.Tensor:
+        """x = the reduction over ranks of x, divided by `divide_by` chunk by chunk while the chunk is in cache (a
+        gradient average without a second pass over memory)."""
         reduce = _REDUCERS[op]
         flat = x.view(-1)
         step = self._chunk_elems(x)
@@ -120,6 +122,8 @@ class SharedMemoryCollectives:
             views[self.rank].copy_(piece)
             self._arrive()
             self._reduce(reduce, piece, views, piece)
+            if divide_by != 1:
+                piece.div_(divide_by)
         return x
 
     def all_gather_into_tensor(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -137,8 +141,10 @@ class SharedMemoryCollectives:
                 out_flat[r * total + start:r * total + start + n].copy_(view)
         return out
 
-    def reduce_scatter_tensor(self, out: torch.Tensor, x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-        """out = the reduction over ranks of their x's part `rank` (x flat, `size` equal parts)."""
+    def reduce_scatter_tensor(self, out: torch.Tensor, x: torch.Tensor, op=dist.ReduceOp.SUM,
+                              divide_by: int = 1) -> torch.Tensor:
+        """out = the reduction over ranks of their x's part `rank` (x flat, `size` equal parts), divided by
+        `divide_by` chunk by chunk."""
         reduce = _REDUCERS[op]
         parts, out_flat = x.view(self.size, -1), out.view(-1)
         part = out_flat.numel()
@@ -152,4 +158,6 @@ class SharedMemoryCollectives:
             self._arrive()
             self._reduce(reduce, parts[self.rank, start:start + n], [v[self.rank] for v in views],
                          out_flat[start:start + n])
+            if divide_by != 1:
+                out_flat[start:start + n].div_(divide_by)
         return out

@@ -93,13 +93,37 @@ def _collectives_rank(rank: int, world: int) -> dict:
         comm.reduce_scatter_into(got, x.view(world, n), plain)
         assert torch.equal(got, ref)
         checked += 2
+        if dtype.is_floating_point:  # gradient averages: the sum divided by the group size, in one pass
+            x = _data(rank, world * n, dtype, salt + 700)
+            ref = x.clone()
+            dist.all_reduce(ref)
+            ref.div_(world)
+            ref_part = ref.view(world, n)[rank]
+            for g in (group, plain):
+                for async_op in (False, True):
+                    got = x.clone()
+                    handle = comm.reduce_in_place(got, g, async_op=async_op, divide_by=world)
+                    part = torch.empty(n, dtype=dtype)
+                    handle_rs = comm.reduce_scatter_into(part, x, g, async_op=async_op, divide_by=world)
+                    if async_op:
+                        handle.wait()
+                        handle_rs.wait()
+                        handle.wait()  # a second wait divides nothing more
+                    if g is plain or world == 2:
+                        assert torch.equal(got, ref) and torch.equal(part, ref_part), (n, dtype, async_op)
+                    else:
+                        tol = world * ref.abs().max().item() * 2 ** -7 if dtype == torch.bfloat16 else 1e-5
+                        torch.testing.assert_close(got, ref, rtol=0, atol=tol)
+                        torch.testing.assert_close(part, ref_part, rtol=0, atol=tol)
+            checked += 1
     return {"checked": checked, "rounds": shm._round}
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_collectives_equal_gloo(world):
     results = spawn(_collectives_rank, world, collect=True)
-    assert {r["checked"] for r in results} == {len(SIZES) * len(DTYPES) * 5}
+    floating = sum(d.is_floating_point for d in DTYPES)
+    assert {r["checked"] for r in results} == {len(SIZES) * (len(DTYPES) * 5 + floating)}
     assert len({r["rounds"] for r in results}) == 1
 
 

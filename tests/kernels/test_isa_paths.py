@@ -58,6 +58,30 @@ def test_layer_norms_match_reference_on_every_path(isa, dtype, w_dtype):
             assert_close(got, want, f"{isa} add_layer_norm {name}, hidden {hidden}", scale=noise)
 
 
+def test_bf16_rounding_of_every_path_matches_torch_bit_for_bit(isa):
+    """add_layer_norm's sum is x + residual computed in fp32 and rounded to bf16 by the path's vector store: ties in
+    both directions (round half to even), overflow to inf, inf - inf, NaN, signed zeros and denormals. Each value sits
+    at every lane of a full vector and of a tail (widths 5 to 40), and must equal torch's bf16 x + residual bit for bit;
+    NaN must stay NaN (torch writes the canonical 0x7fc0, the kernels keep the sign and payload, quieted)."""
+    one, ulp = 1.0, 2.0 ** -7  # bf16 keeps 8 significant bits: 1 + 2^-8 is the tie between 1 and 1 + 2^-7
+    big = 3.3895313892515355e38  # bf16's largest finite value
+    pairs = [(one, 2.0 ** -8), (one + ulp, 2.0 ** -8), (-one, -(2.0 ** -8)), (-(one + ulp), -(2.0 ** -8)),
+             (one, 2.0 ** -8 + 2.0 ** -16), (big, big), (-big, -big), (float("inf"), float("-inf")),
+             (float("nan"), 1.0), (-0.0, -0.0), (0.0, -0.0), (9.2e-41, 9.2e-41), (-1e-39, 2e-40), (2.0, 3.0),
+             (float("inf"), 1.0), (1e-38, -1.1e-38)]
+    xs = torch.tensor([p[0] for p in pairs]).to(torch.bfloat16)
+    rs = torch.tensor([p[1] for p in pairs]).to(torch.bfloat16)
+    for width in (5, 8, 16, 17, 40):
+        for shift in range(len(pairs)):
+            idx = (torch.arange(width) + shift) % len(pairs)
+            x, r = xs[idx].reshape(1, width), rs[idx].reshape(1, width)
+            s, _ = kernels.add_layer_norm(x, r, None, None, 1e-5, impl="fused")
+            want = x + r
+            nan = torch.isnan(want)
+            assert torch.equal(torch.isnan(s), nan), (isa, width, shift)
+            assert torch.equal(s[~nan].view(torch.int16), want[~nan].view(torch.int16)), (isa, width, shift)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_softmaxes_match_reference_on_every_path(isa, dtype):
     for sq, sk in ((1, 1), (9, 9), (7, 23), (33, 33), (5, 300)):

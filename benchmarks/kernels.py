@@ -1,4 +1,5 @@
-"""Fused LayerNorm / add+LayerNorm / scaled masked softmax / tanh GELU vs PyTorch eager, measured in the same run.
+"""Fused LayerNorm / add+LayerNorm / scaled masked softmax / tanh GELU / cross-entropy / blocked causal attention vs
+PyTorch eager, measured in the same run.
 
 For each CPU code path this machine has (avx512, avx2, portable: forced with GPT3D_CPU_ISA), op and shape: forward and
 forward+backward time, achieved GB/s, speedup over the PyTorch eager baseline (timed right beside it), and the
@@ -111,6 +112,43 @@ def gelu_cases(shapes, dtypes):
                    lambda x: F.gelu(x, approximate="tanh"), 2 * n, 2 * n + 3 * n, 1)
 
 
+def cross_entropy_cases(shapes, dtypes):
+    """The LM loss over [tokens, vocab] logits: forward = the row log-sum-exp (gpt3d.kernels.logsumexp_rows against
+    torch.logsumexp); forward+backward = gpt3d's loss (gpt3d.model.cross_entropy, its gradient written over the
+    logits, which are cloned first here since the benchmark reuses them: one copy more than in training) against
+    F.cross_entropy. Bytes: the forward reads the logits; the backward reads and writes them once."""
+    from gpt3d.model.cross_entropy import cross_entropy
+    for dtype in dtypes:
+        for tokens, vocab in shapes:
+            x = torch.randn(tokens, vocab, dtype=dtype) * 3
+            labels = torch.randint(0, vocab, (tokens,))
+            n = x.numel() * x.element_size()
+
+            def ours(x, labels=labels, vocab=vocab):
+                if torch.is_grad_enabled():
+                    return cross_entropy(x.clone(), labels, vocab, impl="fused")
+                return K.logsumexp_rows(x, vocab, impl="fused")
+
+            def eager(x, labels=labels):
+                if torch.is_grad_enabled():
+                    return F.cross_entropy(x.float(), labels)
+                return torch.logsumexp(x.float(), dim=-1)
+            yield (f"cross_entropy {tokens}x{vocab}", dtype, (x,), ours, eager, n, n + 2 * n, 1)
+
+
+def attention_cases(shapes):
+    """Causal attention over fp32 [b, h, s, 64]: gpt3d's blocked explicit core (gpt3d.kernels.block_causal_attention,
+    the CPU's model.dense_attention auto up to s 1024) against torch's fused attention (SDPA, is_causal). Bytes: q, k,
+    v read and the output written (forward); plus the output gradient read and three input gradients written."""
+    for b, h, s in shapes:
+        q = torch.randn(3, b, h, s, 64)
+        n = q[0].numel() * q.element_size()
+        yield (f"causal_attention {b}x{h}x{s}x64", torch.float32, (q[0], q[1], q[2]),
+               lambda q, k, v: K.block_causal_attention(q, k, v, 0.125, impl="fused"),
+               lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.125),
+               4 * n, 4 * n + 4 * n, 1)
+
+
 # glibc returns large freed blocks to the OS and every new output then pays first-touch page faults, which on this
 # machine cost more than the kernels themselves (a clone "copies" at ~4 GB/s instead of ~20). Keep freed memory in
 # the heap for the whole benchmark, eager and fused alike: every measuring process runs with these malloc settings.
@@ -172,11 +210,14 @@ def main() -> None:
     reps = args.reps or (5 if args.quick else 15)
     if args.quick:
         cases = [*layer_norm_cases(1024, (768,), (torch.float32, torch.bfloat16)),
-                 *softmax_cases(((4, 256),), (torch.float32,)), *gelu_cases(((512, 2048),), (torch.float32,))]
+                 *softmax_cases(((4, 256),), (torch.float32,)), *gelu_cases(((512, 2048),), (torch.float32,)),
+                 *cross_entropy_cases(((256, 8192),), (torch.float32,))]
     else:
         cases = [*layer_norm_cases(args.ln_rows, (768, 1024, 2048), (torch.float32, torch.bfloat16)),
                  *softmax_cases(((64, 512), (16, 1024), (4, 2048)), (torch.float32, torch.bfloat16)),
-                 *gelu_cases(((512, 2048), (2048, 3072)), (torch.float32, torch.bfloat16))]
+                 *gelu_cases(((512, 2048), (2048, 3072)), (torch.float32, torch.bfloat16)),
+                 *cross_entropy_cases(((1024, 8192), (512, 50304)), (torch.float32, torch.bfloat16)),
+                 *attention_cases(((2, 8, 512), (2, 8, 1024), (1, 8, 2048)))]
     cases = [c for c in cases if args.only in c[0]]
     copy_gbs = copy_bandwidth(reps, (1 << 22) if args.quick else (1 << 26))
     print(f"\ngpt3d path {K.cpu_isa()} vs torch eager at ATEN_CPU_CAPABILITY={torch.backends.cpu.get_cpu_capability()}"

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "common/bf16.h"
+#include "common/cuda_dtype.cuh"
 #include "common/cuda_half.cuh"
 #include "gelu/gelu_cuda.h"
 #include "gelu/gelu_math.h"
@@ -56,16 +57,6 @@ int launch_backward(const GeluArgs& a, cudaStream_t stream) {
   gelu_backward_kernel<T><<<blocks_for(a.n), kThreads, 0, stream>>>(
       static_cast<const T*>(a.x), static_cast<const T*>(a.dy), static_cast<T*>(a.out), a.n);
   return static_cast<int>(cudaGetLastError());
-}
-
-// fn(T{}) with T the storage type of `dtype`.
-template <class Fn>
-int by_dtype(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::kBFloat16: return fn(uint16_t{});
-    case DType::kFloat16: return fn(__half{});
-    default: return fn(float{});
-  }
 }
 
 }  // namespace

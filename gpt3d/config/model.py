@@ -34,9 +34,13 @@ class ModelConfig:
     attention_pattern: Literal["dense", "alternating", "sparse"] = field(
         "dense", doc="dense everywhere; alternating = GPT-3 (even layers dense, odd layers block-sparse); sparse = all")
     sparse: SparseAttentionConfig = field(default_factory=SparseAttentionConfig, doc="block-sparse layout")
-    dense_attention: Literal["sdpa", "softmax"] = field(
-        "sdpa", doc="dense attention core: sdpa = torch's fused attention; softmax = explicit scores + gpt3d's fused "
-                    "scaled causal softmax (or its reference when kernels: reference)")
+    dense_attention: Literal["auto", "sdpa", "softmax", "blocked"] = field(
+        "auto", doc="dense attention core: sdpa = torch's fused attention; softmax = explicit scores + gpt3d's fused "
+                    "scaled causal softmax (or its reference when kernels: reference), Megatron's formulation; "
+                    "blocked = the same explicit scores computed and saved only for the key blocks each query block "
+                    "sees (no attention dropout); auto = blocked on a CPU for fp32 sequences up to 1024 without "
+                    "attention dropout or packing (faster there), sdpa otherwise and on every GPU "
+                    "(gpt3d/model/ops.py)")
     bf16_matmul: Literal["auto", "bf16", "fp32"] = field(
         "auto", doc="bf16 linear layers on a CPU: bf16 = torch's bf16 GEMM; fp32 = the same product as an fp32 GEMM "
                     "rounded once to bf16 (faster on CPUs without AMX); auto = fp32 on a CPU without AMX-BF16, else "
@@ -60,6 +64,9 @@ class ModelConfig:
         for name in ("hidden_dropout", "attn_dropout"):
             value = getattr(self, name)
             require(0.0 <= value < 1.0, f"model.{name}", f"must be in [0, 1), got {value}")
+        require(not (self.dense_attention == "blocked" and self.attn_dropout > 0), "model.dense_attention",
+                f"blocked never materialises the whole probability matrix that attention dropout "
+                f"(model.attn_dropout={self.attn_dropout}) masks; use dense_attention=softmax or attn_dropout=0")
         require(self.layernorm_eps > 0, "model.layernorm_eps", "must be positive")
         require(self.init_std > 0, "model.init_std", "must be positive")
         if self.attention_pattern != "dense":

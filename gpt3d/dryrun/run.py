@@ -115,8 +115,10 @@ def dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional[
 def _dry_run(cfg: RunConfig, world_size: int, rank: int, micro_batches: Optional[int]) -> DryRunResult:
     start = time.perf_counter()
     # The fake tensors live on the CPU but stand in for GPU memory: take the GPU's GEMMs (model.bf16_matmul auto is
-    # torch's bf16 GEMM there), not the CPU's fp32 route, whose fp32 logits and casts a GPU never allocates.
-    cfg = replace(cfg, model=replace(cfg.model, bf16_matmul="bf16"))
+    # torch's bf16 GEMM there), not the CPU's fp32 route, whose fp32 logits and casts a GPU never allocates; and the
+    # GPU's attention core (model.dense_attention auto is torch's fused attention there, not the CPU's blocked core).
+    core = "sdpa" if cfg.model.dense_attention == "auto" else cfg.model.dense_attention
+    cfg = replace(cfg, model=replace(cfg.model, bf16_matmul="bf16", dense_attention=core))
     runtime = init_fake_rank(cfg, world_size, rank)
     try:
         ctx = runtime.ctx

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from gpt3d.kernels import reference
 from gpt3d.kernels._ext import extension
+from gpt3d.kernels.causal_attention import block_causal_attention
+from gpt3d.kernels.cross_entropy import cross_entropy_grad_, logsumexp_rows
 from gpt3d.kernels.gelu import gelu_tanh
 from gpt3d.kernels.layer_norm import add_layer_norm, layer_norm
 from gpt3d.kernels.softmax import scaled_causal_softmax, scaled_masked_softmax
 
-__all__ = ["layer_norm", "add_layer_norm", "gelu_tanh", "scaled_masked_softmax", "scaled_causal_softmax", "reference",
+__all__ = ["layer_norm", "add_layer_norm", "gelu_tanh", "scaled_masked_softmax", "scaled_causal_softmax",
+           "block_causal_attention", "logsumexp_rows", "cross_entropy_grad_", "reference",
            "fused_available", "cpu_isa"]
 
 

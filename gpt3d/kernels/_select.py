@@ -24,15 +24,16 @@ _BOTH = _F32 + _BF16
 # Measured 2026-12-01 (LayerNorm again after its autograd moved to C++) on an Intel Xeon (AVX-512, AVX512-BF16) with
 # one thread, each path against torch at the matching ATEN_CPU_CAPABILITY, fused and eager timed alternately:
 # LayerNorm 8192 x and 256 x 768/1024/2048, softmax 2x128x512 and 64x512x512 .. 4x2048x2048, tanh GELU 512x2048
-# and 2048x3072 (docs/benchmarks.md). A pair is listed when the fused forward and forward+backward were both faster
-# than eager at every shape measured. Re-measure on a new CPU family with benchmarks/kernels.py.
+# and 2048x3072, cross-entropy 1024x8192 and 512x50304 (docs/benchmarks.md). A pair is listed when the fused forward
+# and forward+backward were both faster than eager at every shape measured. Re-measure on a new CPU family with
+# benchmarks/kernels.py.
 AUTO_FUSED_ON_CPU: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
     "avx512": {"layer_norm": _BF16, "add_layer_norm": _BOTH, "scaled_masked_softmax": _BOTH,
-               "scaled_causal_softmax": _BOTH, "gelu_tanh": _BOTH},
+               "scaled_causal_softmax": _BOTH, "gelu_tanh": _BOTH, "cross_entropy": _BOTH},
     "avx2": {"layer_norm": _BF16, "add_layer_norm": _BOTH, "scaled_masked_softmax": _BOTH,
-             "scaled_causal_softmax": _BOTH, "gelu_tanh": _BOTH},
+             "scaled_causal_softmax": _BOTH, "gelu_tanh": _BOTH, "cross_entropy": _BOTH},
     "portable": {"layer_norm": _BOTH, "add_layer_norm": _BOTH, "scaled_masked_softmax": _BOTH,
-                 "scaled_causal_softmax": _BOTH, "gelu_tanh": _BOTH},
+                 "scaled_causal_softmax": _BOTH, "gelu_tanh": _BOTH, "cross_entropy": _BOTH},
 }
 _process_isa: list[str] = []  # the CPU path auto decides for, computed once
 

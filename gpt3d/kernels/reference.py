@@ -57,3 +57,40 @@ def scaled_causal_softmax(scores: torch.Tensor, scale: float) -> torch.Tensor:
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation: torch's own (fp64 stays fp64; bf16 is computed in fp32 by torch and rounded once)."""
     return F.gelu(x, approximate="tanh")
+
+
+CROSS_ENTROPY_CHUNK = 1 << 20  # logits per chunk (4 MB of fp32): each chunk is read and written while in cache
+
+
+def _row_chunks(logits: torch.Tensor):
+    step = max(1, CROSS_ENTROPY_CHUNK // max(1, logits.shape[1]))
+    return range(0, len(logits), step), step
+
+
+def logsumexp_rows(logits: torch.Tensor, real_cols: int) -> torch.Tensor:
+    """log sum exp over the first real_cols columns of [rows, cols] logits, in fp32, a cache-sized chunk at a time."""
+    starts, step = _row_chunks(logits)
+    real = logits[:, :real_cols]
+    if len(logits) == 0:
+        return torch.empty(0, dtype=torch.float32, device=logits.device)
+    return torch.cat([torch.logsumexp(real[i:i + step].float(), dim=-1) for i in starts])
+
+
+def cross_entropy_grad_(logits: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor,
+                        real_cols: int) -> torch.Tensor:
+    """logits <- scale * (exp(logits - lse) - one-hot(labels)) over the first real_cols columns, 0 beyond; a label
+    outside [0, real_cols) subtracts nothing. In place, chunk by chunk; bf16 logits are computed in fp32."""
+    starts, step = _row_chunks(logits)
+    in_range = (labels >= 0) & (labels < real_cols)
+    index = labels.clamp(0, max(logits.shape[1] - 1, 0)).unsqueeze(-1)
+    minus = -in_range.to(torch.float32).unsqueeze(-1)
+    for i in starts:
+        chunk = logits[i:i + step]
+        g = chunk if chunk.dtype == torch.float32 else chunk.float()
+        g.sub_(lse[i:i + step].unsqueeze(-1)).exp_()
+        g[:, real_cols:] = 0.0  # padded columns take no part in the loss
+        g.scatter_add_(-1, index[i:i + step], minus[i:i + step])
+        g.mul_(scale)
+        if g is not chunk:
+            chunk.copy_(g)
+    return logits

@@ -198,6 +198,7 @@ class LMHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(cfg.padded_vocab_size, cfg.d_model)) if own_weight else None
         self.pad_bias = PaddedVocabBias(cfg.padded_vocab_size, 0, cfg.vocab_size)
         self.bf16_matmul = cfg.bf16_matmul
+        self.impl = cfg.kernels
 
     def padded_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Logits over the padded vocabulary, -inf in the padded columns."""
@@ -210,4 +211,4 @@ class LMHead(nn.Module):
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # no padding bias: the loss reads only the real vocabulary's columns (gpt3d/model/cross_entropy.py), in fp32
         logits = linear(hidden, weight, None, self.bf16_matmul, keep_fp32=True)
-        return cross_entropy(logits.flatten(0, 1), labels.flatten(), self.vocab_size)
+        return cross_entropy(logits.flatten(0, 1), labels.flatten(), self.vocab_size, self.impl)

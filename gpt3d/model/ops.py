@@ -26,12 +26,31 @@ def gelu(x: torch.Tensor, activation: str, impl: str) -> torch.Tensor:
     return F.gelu(x)
 
 
+# model.dense_attention "auto" takes the blocked explicit core up to this length on a CPU (fp32, no dropout, no packing
+# mask): there its batched GEMMs beat torch's fused attention (forward + backward 1.6x at 512, 1.2x at 1024, about
+# even at 2048, where the saved probabilities, b h s^2 / 2 values a layer, are not worth it; docs/benchmarks.md).
+AUTO_BLOCKED_MAX_SEQ = 1024
+
+
+def resolve_dense_core(core: str, q: torch.Tensor, dropout_p: float, mask: torch.Tensor | None) -> str:
+    """"sdpa", "softmax" or "blocked" for model.dense_attention `core` ("auto": blocked under the conditions of
+    AUTO_BLOCKED_MAX_SEQ, sdpa elsewhere, including every GPU)."""
+    if core != "auto":
+        return core
+    blocked = (q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[-2] <= AUTO_BLOCKED_MAX_SEQ
+               and dropout_p == 0 and mask is None)
+    return "blocked" if blocked else "sdpa"
+
+
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, core: str,
                            impl: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention over [b, h, s, d]. core "sdpa": torch's scaled_dot_product_attention (flash/efficient kernels,
-    never materialises the scores); core "softmax": explicit scores through gpt3d's scaled causal softmax kernel
-    (`impl` fused or reference), Megatron's formulation. `mask` [b, 1, s, s] (True = attend, causality included)
-    replaces the causal mask for packed examples (gpt3d/model/packing.py)."""
+    never materialises the scores); "softmax": explicit scores through gpt3d's scaled causal softmax kernel (`impl`
+    fused or reference), Megatron's formulation; "blocked": the same, only for the key blocks each query block sees
+    (gpt3d.kernels.block_causal_attention; no dropout); "auto": resolve_dense_core. `mask` [b, 1, s, s] (True =
+    attend, causality included) replaces the causal mask for packed examples (gpt3d/model/packing.py); the explicit
+    cores then compute the whole square."""
+    core = resolve_dense_core(core, q, dropout_p, mask)
     if mask is not None:
         if core == "sdpa":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -44,6 +63,10 @@ def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dr
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     from gpt3d import kernels
     scale = q.shape[-1] ** -0.5
+    if core == "blocked":
+        if dropout_p > 0:
+            raise ValueError("model.dense_attention=blocked has no attention dropout; use dense_attention=softmax")
+        return kernels.block_causal_attention(q, k, v, scale, impl=impl)
     scores = torch.matmul(q, k.transpose(-1, -2))
     probs = kernels.scaled_causal_softmax(scores, scale, impl=impl)
     if dropout_p > 0:

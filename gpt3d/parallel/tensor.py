@@ -15,7 +15,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from gpt3d.model.cross_entropy import check_labels, logsumexp_rows, softmax_grad_in_place
+from gpt3d import kernels
+from gpt3d.model.cross_entropy import check_labels
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import ShardInfo
 from gpt3d.model.layers import Dropout, Embedding, LMHead, PaddedVocabBias
@@ -119,12 +120,13 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     max of the local log-sum-exps; the target logit and the rescaled local sums) cross the TP group, never the
     logits. As gpt3d.model.cross_entropy: padded columns (beyond `real_cols` of this shard) are skipped rather than
     biased to -inf, nothing logits-sized is saved, and the backward overwrites the logits' storage with the gradient
-    in cache-sized row chunks."""
+    (gpt3d.kernels.cross_entropy_grad_)."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, real_cols: int, group: Group):
-        work = logits.float().reshape(-1, logits.shape[-1])  # a view of the logits when they are fp32
-        local_lse = logsumexp_rows(work[:, :real_cols])  # -inf on a shard of padding only
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, real_cols: int, group: Group,
+                impl: str):
+        work = logits.float().reshape(-1, logits.shape[-1]).contiguous()  # the logits' storage when they are fp32
+        local_lse = kernels.logsumexp_rows(work, real_cols, impl=impl)  # -inf on a shard of padding only
         top = comm.all_reduce(local_lse.clone(), group, "ce_max", dist.ReduceOp.MAX)
         local = labels.reshape(-1) - vocab_start
         in_range = (local >= 0) & (local < real_cols)
@@ -132,32 +134,31 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         target = torch.where(in_range, work.gather(-1, index.unsqueeze(-1)).squeeze(-1), 0.0)
         stats = comm.all_reduce(torch.stack([target, (local_lse - top).exp()]), group, "ce_stats")
         lse = top + stats[1].log()
-        ctx.save_for_backward(work, index, in_range, lse)
-        ctx.real_cols, ctx.shape, ctx.in_dtype = real_cols, logits.shape, logits.dtype
+        ctx.save_for_backward(work, local, lse)
+        ctx.real_cols, ctx.shape, ctx.in_dtype, ctx.impl = real_cols, logits.shape, logits.dtype, impl
         return (lse - stats[0]).mean()
 
     @staticmethod
     def backward(ctx, grad):
-        work, index, in_range, lse = ctx.saved_tensors
-        minus = -in_range.to(work.dtype).unsqueeze(-1)
-        softmax_grad_in_place(work, lse, ctx.real_cols, index, minus, grad / index.numel())
-        return work.view(ctx.shape).to(ctx.in_dtype), None, None, None, None
+        work, local, lse = ctx.saved_tensors  # a label outside this shard's [0, real_cols) subtracts no one-hot
+        kernels.cross_entropy_grad_(work, lse, local, grad / local.numel(), ctx.real_cols, impl=ctx.impl)
+        return work.view(ctx.shape).to(ctx.in_dtype), None, None, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, vocab_size: int,
-                                 group: Group) -> torch.Tensor:
+                                 group: Group, impl: str = "auto") -> torch.Tensor:
     """Labels are global ids in [0, vocab_size); this rank's logits cover [vocab_start, vocab_start + their width),
     of which ids >= vocab_size are padding. The logits' storage is overwritten by the backward."""
     check_labels(labels, vocab_size, "vocab_parallel_cross_entropy")
     real_cols = min(max(vocab_size - vocab_start, 0), logits.shape[-1])
-    return _VocabParallelCrossEntropy.apply(logits, labels, vocab_start, real_cols, group)
+    return _VocabParallelCrossEntropy.apply(logits, labels, vocab_start, real_cols, group, impl)
 
 
 class VocabParallelLMHead(LMHead):
     def __init__(self, head: LMHead, group: Group, sequence_parallel: bool, padded_vocab: int):
         nn.Module.__init__(self)
         self.vocab_size = head.vocab_size
-        self.bf16_matmul = head.bf16_matmul
+        self.bf16_matmul, self.impl = head.bf16_matmul, head.impl
         self.group, self.sequence_parallel = group, sequence_parallel
         if head.weight is not None:
             rows, dim = head.weight.shape
@@ -185,7 +186,7 @@ class VocabParallelLMHead(LMHead):
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return vocab_parallel_cross_entropy(self._local_logits(hidden, weight, pad_bias=False), labels,
-                                            self.vocab_start, self.vocab_size, self.group)
+                                            self.vocab_start, self.vocab_size, self.group, self.impl)
 
 
 # module-name pattern -> how to shard it

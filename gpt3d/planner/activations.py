@@ -57,7 +57,7 @@ def fused_attention_shares(model: ModelConfig) -> tuple[float, float]:
     """(share of layers whose attention core is a fused kernel saving row statistics, share of block-sparse layers)."""
     kinds = model.layer_attention_kinds()
     sparse = kinds.count("sparse") / len(kinds)
-    dense_fused = (1 - sparse) if model.dense_attention == "sdpa" else 0.0
+    dense_fused = (1 - sparse) if model.dense_attention in ("sdpa", "auto") else 0.0  # auto is sdpa on a GPU
     return dense_fused + (sparse if model.kernels == "fused" else 0.0), sparse if model.kernels == "fused" else 0.0
 
 

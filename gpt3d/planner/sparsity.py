@@ -11,6 +11,7 @@ import dataclasses
 import functools
 
 from gpt3d.config.sparse import SparseAttentionConfig
+from gpt3d.kernels.causal_attention import DEFAULT_BLOCK
 
 
 def layout_density(layout: SparseAttentionConfig, seq_len: int, n_heads: int = 1) -> float:
@@ -34,12 +35,22 @@ def mean_attention_density(kinds: list[str], layout: SparseAttentionConfig, seq_
     return sum(1.0 if kind == "dense" else sparse for kind in kinds) / len(kinds)
 
 
+def blocked_score_fraction(seq_len: int, block: int = DEFAULT_BLOCK) -> float:
+    """The share of the s x s scores the blocked core computes and saves (query block i sees keys [0, end of
+    block i))."""
+    visible = sum(min(start + block, seq_len) * (min(start + block, seq_len) - start)
+                  for start in range(0, seq_len, block))
+    return visible / (seq_len * seq_len)
+
+
 def materialized_score_fraction(model, seq_len: int) -> float:
     """Average over layers of the share of the s x s scores that is written to memory (softmax, dropout, saved for
     backward): 1 for a dense layer with the explicit softmax core (model.dense_attention = "softmax", Megatron's),
-    0 with torch's fused attention ("sdpa": flash/efficient kernels keep the scores on chip and save O(s) row
-    statistics), the layout density for a block-sparse layer."""
+    the visible blocks' share for the blocked core, 0 with torch's fused attention ("sdpa", and "auto", which is sdpa
+    on a GPU: flash/efficient kernels keep the scores on chip and save O(s) row statistics), the layout density for
+    a block-sparse layer."""
     kinds = model.layer_attention_kinds()
-    dense_share = 1.0 if getattr(model, "dense_attention", "softmax") == "softmax" else 0.0
+    core = getattr(model, "dense_attention", "softmax")
+    dense_share = {"softmax": 1.0, "blocked": blocked_score_fraction(seq_len)}.get(core, 0.0)
     sparse = layout_density(model.sparse, seq_len, model.n_heads) if "sparse" in kinds else 0.0
     return sum(dense_share if kind == "dense" else sparse for kind in kinds) / len(kinds)

@@ -1,8 +1,8 @@
 """CUDA kernels against references at GPT-3 shapes, forward and backward, in float32, bfloat16 and float16.
 
-Shapes: LayerNorm rows of d_model = 12288 (2 x 2048 tokens); the tanh GELU over 4096 x 12288; softmax over 96 heads
-x 2048 x 2048 scores; block-sparse attention with 96 heads x d_head 128 at T = 2048 (the `fixed` layout, blocks of 32
-and 64).
+Shapes: LayerNorm rows of d_model = 12288 (2 x 2048 tokens); the tanh GELU over 4096 x 12288; the cross-entropy's
+log-sum-exp and gradient over 2048 x 50304 logits; softmax over 96 heads x 2048 x 2048 scores; block-sparse attention
+with 96 heads x d_head 128 at T = 2048 (the `fixed` layout, blocks of 32 and 64).
 
 Truth is the same inputs (already rounded to the dtype) through float64 math on the GPU: torch's own LayerNorm and
 tanh GELU, the softmax formula of gpt3d.kernels.reference evaluated in float64, and a dense masked attention written
@@ -143,6 +143,32 @@ def test_gelu_tanh(dtype):
     got = {"y": y, "dx": grads(y, (x,), dy)[0]}
     eager = {"y": y_ref, "dx": grads(y_ref, (x,), dy)[0]}
     check("gelu_tanh", dtype, got, {"y": y64.detach(), "dx": dx64}, eager)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_cross_entropy(dtype):
+    """The LM loss's row log-sum-exp and in-place gradient at GPT-3's vocabulary (50257 real of 50304 padded
+    columns) for 2048 tokens; labels include one outside the shard (-1), which subtracts no one-hot."""
+    assert_fused(dtype)
+    vocab, padded = 50257, 50304
+    logits = (torch.randn(2048, padded, device=DEVICE) * 3).to(dtype)
+    labels = torch.randint(0, vocab, (2048,), device=DEVICE)
+    labels[5] = -1
+    scale = torch.tensor(1.0 / 2048, device=DEVICE)
+    lse = kernels.logsumexp_rows(logits, vocab)
+    assert torch.equal(lse, torch.ops.gpt3d_C.logsumexp_rows(logits, vocab)), "the fused CUDA op did not run"
+    grad = kernels.cross_entropy_grad_(logits.clone(), lse, labels, scale, vocab)
+    lse_ref = reference.logsumexp_rows(logits, vocab)
+    grad_ref = reference.cross_entropy_grad_(logits.clone(), lse_ref, labels, scale, vocab)
+    x64 = logits.double()
+    lse64 = torch.logsumexp(x64[:, :vocab], dim=-1)
+    grad64 = torch.zeros_like(x64)
+    grad64[:, :vocab] = torch.softmax(x64[:, :vocab], dim=-1)
+    rows = torch.arange(2048, device=DEVICE)[labels >= 0]
+    grad64[rows, labels[labels >= 0]] -= 1.0
+    grad64 *= 1.0 / 2048
+    check("cross_entropy", dtype, {"lse": lse, "dlogits": grad}, {"lse": lse64, "dlogits": grad64},
+          {"lse": lse_ref, "dlogits": grad_ref})
 
 
 def softmax_case(dtype, masked: bool):

@@ -136,4 +136,6 @@ def test_auto_follows_the_table_of_the_process_path():
                            kernels.scaled_causal_softmax(s, 0.5, impl=chosen)), (isa, dtype, chosen)
         chosen = "fused" if dtype in _select.AUTO_FUSED_ON_CPU[isa].get("gelu_tanh", ()) else "reference"
         assert torch.equal(kernels.gelu_tanh(xd, impl="auto"), kernels.gelu_tanh(xd, impl=chosen)), (isa, dtype, chosen)
+        chosen = "fused" if dtype in _select.AUTO_FUSED_ON_CPU[isa].get("cross_entropy", ()) else "reference"
+        assert torch.equal(kernels.logsumexp_rows(xd, 33, impl="auto"), kernels.logsumexp_rows(xd, 33, impl=chosen))
     assert _select.resolve("auto", "layer_norm", torch.zeros(1, dtype=torch.float64)) == "reference"

@@ -15,6 +15,7 @@ import torch
 from gpt3d.config import ModelConfig
 from gpt3d.model.gpt import build_gpt
 from gpt3d.planner.activations import layer_activation_bytes
+from gpt3d.planner.sparsity import materialized_score_fraction
 
 BATCH, SEQ, FP32 = 2, 64, 4
 LAYERNORM_STATS_BYTES = 2 * 2 * BATCH * SEQ * FP32  # two LayerNorms x (mean, rstd), fp32
@@ -28,7 +29,7 @@ def tiny(**kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def saved_bytes_per_layer(cfg: ModelConfig, recompute: str) -> float:
+def saved_bytes_per_layer(cfg: ModelConfig, recompute: str, seq: int = SEQ) -> float:
     """Bytes of the distinct storages the blocks save for backward (parameters excluded), per layer."""
     model = build_gpt(cfg, seed=0).train()
     if recompute == "selective":
@@ -37,7 +38,7 @@ def saved_bytes_per_layer(cfg: ModelConfig, recompute: str) -> float:
     model.recompute_full = recompute == "full"
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = []
-    x = torch.randn(BATCH, SEQ, cfg.d_model, requires_grad=True)
+    x = torch.randn(BATCH, seq, cfg.d_model, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         model.run_blocks(x)
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
@@ -62,3 +63,18 @@ def test_formula_matches_without_dropout():
     reference_softmax_copy = cfg.n_heads * SEQ * SEQ * BATCH * FP32
     assert saved_bytes_per_layer(cfg, "none") == (formula + LAYERNORM_STATS_BYTES + CAUSAL_MASK_BYTES
                                                   + reference_softmax_copy)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_formula_matches_the_blocked_core(impl):
+    """dense_attention=blocked saves the probabilities of the visible key blocks only (blocks of 64 rows at 160
+    tokens: 64, 128 and 160 keys), the planner's materialized_score_fraction of the square; the softmax saves no
+    mask (the causal mask of each block is implicit or built and dropped inside the forward)."""
+    seq = 160
+    cfg = tiny(hidden_dropout=0.0, attn_dropout=0.0, dense_attention="blocked", kernels=impl, seq_len=seq)
+    density = materialized_score_fraction(cfg, seq)
+    assert density == (64 * 64 + 64 * 128 + 32 * 160) / (seq * seq)
+    formula = layer_activation_bytes(cfg, BATCH, seq, 1, False, "none", act_bytes=FP32, mask_bytes=FP32,
+                                     attention_density=density)
+    layer_norm_stats = 2 * 2 * BATCH * seq * FP32
+    assert saved_bytes_per_layer(cfg, "none", seq) == formula + layer_norm_stats

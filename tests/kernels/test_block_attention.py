@@ -1,0 +1,94 @@
+"""gpt3d.kernels.block_causal_attention (explicit scores for the visible key blocks only) against torch's attention in
+float64, forward and backward, at lengths that are, and are not, multiples of the block; what it saves for backward;
+and model.dense_attention's choice of core."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt3d import kernels
+from gpt3d.config import ConfigError, ModelConfig
+from gpt3d.model.ops import AUTO_BLOCKED_MAX_SEQ, resolve_dense_core
+from gpt3d.planner.sparsity import blocked_score_fraction
+
+# fp32 against the float64 reference: the GEMMs and the softmax round at ~1e-7 relative; outputs and gradients are
+# O(1), so 2e-5 leaves room for sums of a few hundred terms. bf16 rounds scores, probabilities and outputs (2^-8).
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=4e-2, rtol=4e-2)}
+
+
+def reference_attention(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seq, block", [(1, 64), (5, 4), (64, 64), (100, 16), (129, 64), (200, 64), (48, 7)])
+def test_matches_torch_attention_in_float64(impl, dtype, seq, block):
+    torch.manual_seed(seq * 31 + block)
+    q, k, v = (torch.randn(2, 3, seq, 16) for _ in range(3))
+    dout = torch.randn(2, 3, seq, 16)
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out = kernels.block_causal_attention(*leaves, 16 ** -0.5, impl=impl, block=block)
+    grads = torch.autograd.grad(out, leaves, dout.to(dtype))
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]  # bf16: the same rounded inputs
+    out64 = reference_attention(*leaves64)
+    grads64 = torch.autograd.grad(out64, leaves64, dout.to(dtype).double())
+    assert out.dtype == dtype and out.shape == (2, 3, seq, 16)
+    torch.testing.assert_close(out.double(), out64, **TOL[dtype])
+    for name, g, g64 in zip("qkv", grads, grads64):
+        torch.testing.assert_close(g.double(), g64, **TOL[dtype], msg=lambda m: f"d{name}: {m}")
+
+
+def test_takes_strided_views_of_one_qkv_tensor():
+    """The model passes q, k, v as permuted views of the QKV projection's output."""
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 70, 3 * 4 * 8, dtype=torch.float64, requires_grad=True)
+    q, k, v = qkv.view(2, 70, 4, 3, 8).permute(3, 0, 2, 1, 4).unbind(0)
+    out = kernels.block_causal_attention(q, k, v, 8 ** -0.5, block=16)
+    dout = torch.randn_like(out)
+    (g,) = torch.autograd.grad(out, qkv, dout)
+    (g_ref,) = torch.autograd.grad(reference_attention(q, k, v), qkv, dout)
+    torch.testing.assert_close(out, reference_attention(q, k, v), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seq, block", [(256, 64), (100, 16), (64, 64)])
+def test_saves_only_the_visible_blocks(seq, block):
+    """Besides q, k, v it keeps the probabilities of the visible blocks: the planner's blocked_score_fraction of the
+    s x s square per head."""
+    q, k, v = (torch.randn(1, 2, seq, 8, requires_grad=True) for _ in range(3))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        kernels.block_causal_attention(q, k, v, 0.3, block=block)
+    qkv_elements = 3 * q.numel()
+    probs = sum(t.numel() for t in saved) - qkv_elements
+    assert probs == round(blocked_score_fraction(seq, block) * 2 * seq * seq)
+
+
+def test_bad_input_is_one_clear_error():
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match=r"q, k and v must share one \[batch, heads, seq, head_dim\] shape, got "
+                                         r"\(1, 2, 8, 4\), \(1, 2, 8, 4\) and \(1, 2, 7, 4\)"):
+        kernels.block_causal_attention(q, q, torch.randn(1, 2, 7, 4), 0.5)
+    with pytest.raises(ValueError, match="block must be at least 1, got 0"):
+        kernels.block_causal_attention(q, q, q, 0.5, block=0)
+    with pytest.raises(ValueError, match="impl must be 'auto', 'fused' or 'reference', got 'fast'"):
+        kernels.block_causal_attention(q, q, q, 0.5, impl="fast")
+
+
+def test_auto_takes_the_blocked_core_only_for_short_fp32_cpu_attention():
+    q = torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ, 8)
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    assert resolve_dense_core("auto", q, 0.0, None) == "blocked"
+    assert resolve_dense_core("auto", torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ + 1, 8), 0.0, None) == "sdpa"
+    assert resolve_dense_core("auto", q.bfloat16(), 0.0, None) == "sdpa"
+    assert resolve_dense_core("auto", q, 0.1, None) == "sdpa"
+    assert resolve_dense_core("auto", q[..., :4, :], 0.0, mask) == "sdpa"
+    for core in ("sdpa", "softmax", "blocked"):
+        assert resolve_dense_core(core, q.bfloat16(), 0.1, mask) == core
+
+
+def test_blocked_core_with_attention_dropout_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.dense_attention: blocked never materialises the whole probability "
+                                          r"matrix that attention dropout \(model.attn_dropout=0.1\) masks; use "
+                                          r"dense_attention=softmax or attn_dropout=0"):
+        ModelConfig(n_layers=1, d_model=16, n_heads=2, dense_attention="blocked", attn_dropout=0.1)

@@ -10,11 +10,14 @@ Everything else is equal: AdamW (lr 1e-3, betas 0.9/0.95, eps 1e-8, no weight de
 dropout, untied output head, GELU tanh, one thread per rank; global batch 4 (micro-batches of 2 at dp2/tp2, of 1 at
 pp2: 4 micro-batches in flight). Printed per run: tokens/s (global batch tokens / median step time, the first step
 excluded), peak RSS per rank, the loss of the last step, and gpt3d's speed over the peer. Losses must agree with
-gpt3d's within LOSS_TOLERANCE (relative): a run outside it is marked DIFFERS.
+gpt3d's within LOSS_TOLERANCE (relative): a run outside it is marked DIFFERS. With --repeat N each layout's frameworks
+run N times in turn (gpt3d, peer, gpt3d, peer, ...): step times are the medians (range in brackets after the ratio),
+ratios are of medians.
 
     python benchmarks/peers.py                   # 6 layers, d512, 8 heads, seq 512, vocab 8192, 6 steps
     python benchmarks/peers.py --quick           # 2 layers, d128, seq 128, vocab 1024, 3 steps (smoke run)
     python benchmarks/peers.py --only dp2 --dtypes fp32
+    python benchmarks/peers.py --repeat 3          # alternating runs, medians: for a machine others share
 """
 from __future__ import annotations
 
@@ -111,6 +114,10 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="*", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     p.add_argument("--frameworks", nargs="*", choices=sorted(MODULES), default=sorted(MODULES))
     p.add_argument("--threads", type=int, default=1, help="threads per rank (2 ranks)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each layout's frameworks this many times, alternating (gpt3d, peer, ..., gpt3d, peer, "
+                        "...), and report each framework's median step time with its range: on a shared machine a "
+                        "burst of load then hits both sides of a ratio alike")
     p.add_argument("--profile", action="store_true",
                    help="profile the last step of every run (torch.profiler, CPU ops by self time); the tables are "
                         "written to <run dir>/profile-rank<r>.txt (excluded from the step times: the last step)")
@@ -129,31 +136,42 @@ def main() -> None:
     print(header)
     for layout in args.only:
         for dtype in args.dtypes:
-            results = {}
+            frameworks = []
             for framework in RUNS[layout]:
                 if framework not in args.frameworks and framework != "gpt3d":
                     continue
                 if (framework, dtype) in UNSUPPORTED:
                     print(f"{layout:6} {dtype:5} {NAMES[framework]:15} {UNSUPPORTED[framework, dtype]}", flush=True)
                     continue
-                job = {"framework": framework, "layout": layout, "dtype": dtype, "spec": spec, "steps": steps,
-                       "global_batch": global_batch, "micro_batch": 1 if layout == "pp2" else 2, "world": 2,
-                       "threads": args.threads, "lr": 1e-3, "port": free_port(), "weights": weights,
-                       "tokens": tokens, "out": str(work / f"{layout}-{dtype}-{framework}"),
-                       "profile": args.profile, "gpt3d_overrides": gpt3d_settings,
-                       "megatron_first_stage_layers": megatron_first}
-                results[framework] = r = run(job)
-                ours = results["gpt3d"]
-                agree = abs(r["loss"] - ours["loss"]) <= LOSS_TOLERANCE[dtype] * abs(ours["loss"])
-                rss = "/".join(f"{b / 2**20:.0f}" for b in r["peak_rss"]) + " MB"
-                ratio = "" if framework == "gpt3d" else f"{r['step_s'] / ours['step_s']:.2f}x"
-                print(f"{layout:6} {dtype:5} {NAMES[framework]:15} {r['step_s']:7.2f} "
-                      f"{global_batch * spec['seq'] / r['step_s']:9.0f} {rss:>16} {r['loss']:10.4f}  {ratio}"
+                frameworks.append(framework)
+            runs = {framework: [] for framework in frameworks}
+            for repeat in range(args.repeat):
+                for framework in frameworks:
+                    job = {"framework": framework, "layout": layout, "dtype": dtype, "spec": spec, "steps": steps,
+                           "global_batch": global_batch, "micro_batch": 1 if layout == "pp2" else 2, "world": 2,
+                           "threads": args.threads, "lr": 1e-3, "port": free_port(), "weights": weights,
+                           "tokens": tokens, "out": str(work / f"{layout}-{dtype}-{framework}-{repeat}"),
+                           "profile": args.profile, "gpt3d_overrides": gpt3d_settings,
+                           "megatron_first_stage_layers": megatron_first}
+                    runs[framework].append(run(job))
+            ours = statistics.median(r["step_s"] for r in runs["gpt3d"])
+            for framework in frameworks:
+                r, times = runs[framework][0], [x["step_s"] for x in runs[framework]]
+                step_s = statistics.median(times)
+                spread = f" ({min(times):.2f}-{max(times):.2f})" if len(times) > 1 else ""
+                reference = runs["gpt3d"][0]["loss"]
+                agree = all(abs(x["loss"] - reference) <= LOSS_TOLERANCE[dtype] * abs(reference)
+                            for x in runs[framework])
+                rss = "/".join(f"{max(x['peak_rss'][i] for x in runs[framework]) / 2**20:.0f}"
+                               for i in range(len(r["peak_rss"]))) + " MB"
+                ratio = "" if framework == "gpt3d" else f"{step_s / ours:.2f}x"
+                print(f"{layout:6} {dtype:5} {NAMES[framework]:15} {step_s:7.2f} "
+                      f"{global_batch * spec['seq'] / step_s:9.0f} {rss:>16} {r['loss']:10.4f}  {ratio}{spread}"
                       f"{'' if agree else '  DIFFERS (losses ' + str([round(x, 4) for x in r['losses']]) + ')'}",
                       flush=True)
     print(f"loss tolerance (relative to gpt3d's last loss): {LOSS_TOLERANCE}")
     if args.profile:
-        print(f"profiles: {work}/<layout>-<dtype>-<framework>/profile-rank<r>.txt")
+        print(f"profiles: {work}/<layout>-<dtype>-<framework>-<repeat>/profile-rank<r>.txt")
 
 
 if __name__ == "__main__":

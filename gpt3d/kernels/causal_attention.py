@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from gpt3d.kernels import _select, reference
-from gpt3d.kernels.softmax import _AVAILABLE, _DEVICES, check_scores
+from gpt3d.kernels.softmax import _AVAILABLE, _DEVICES
 
 DEFAULT_BLOCK = 64
 
@@ -33,10 +33,17 @@ def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
                          f"head_dim] shape, got {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}")
     if block < 1:
         raise ValueError(f"gpt3d.kernels.block_causal_attention: block must be at least 1, got {block}")
-    check_scores("block_causal_attention", q, causal=True)
+    _select.require_floating("block_causal_attention", "q", q)
     fused = (_select.resolve(impl, "scaled_causal_softmax", q) == "fused"
              and _select.use_fused("scaled_causal_softmax", _AVAILABLE, _DEVICES, q))
     return _BlockCausalAttention.apply(q, k, v, float(scale), block, fused)
+
+
+def takes_fused_softmax(q: torch.Tensor, impl: str) -> bool:
+    """Whether the blocks' softmax would run gpt3d's fused kernel for this tensor under `impl` (no fallback
+    warning: for choosing a core)."""
+    return (_select.resolve(impl, "scaled_causal_softmax", q) == "fused" and _AVAILABLE
+            and q.device.type in _DEVICES and q.dtype in _select.KERNEL_DTYPES.get(q.device.type, ()))
 
 
 def _softmax_forward(scores: torch.Tensor, scale: float, fused: bool) -> torch.Tensor:

@@ -26,19 +26,26 @@ def gelu(x: torch.Tensor, activation: str, impl: str) -> torch.Tensor:
     return F.gelu(x)
 
 
-# model.dense_attention "auto" takes the blocked explicit core up to this length on a CPU (fp32, no dropout, no packing
-# mask): there its batched GEMMs beat torch's fused attention (forward + backward 1.6x at 512, 1.2x at 1024, about
-# even at 2048, where the saved probabilities, b h s^2 / 2 values a layer, are not worth it; docs/benchmarks.md).
+# model.dense_attention "auto" takes the blocked explicit core up to these lengths on a CPU (fp32, no dropout, no
+# packing mask): there its batched GEMMs beat torch's fused attention. Measured, one thread (docs/benchmarks.md):
+# forward + backward 1.45-1.6x at 512, 1.16-1.2x at 1024, about even at 2048 (where the saved probabilities, b h s^2 / 2
+# values a layer, are not worth it); forward alone 1.25x at 512 but 0.89x at 1024, hence the shorter limit when no
+# gradient is needed (evaluation, scoring).
 AUTO_BLOCKED_MAX_SEQ = 1024
+AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY = 512
 
 
-def resolve_dense_core(core: str, q: torch.Tensor, dropout_p: float, mask: torch.Tensor | None) -> str:
+def resolve_dense_core(core: str, q: torch.Tensor, dropout_p: float, mask: torch.Tensor | None,
+                       impl: str = "auto") -> str:
     """"sdpa", "softmax" or "blocked" for model.dense_attention `core` ("auto": blocked under the conditions of
-    AUTO_BLOCKED_MAX_SEQ, sdpa elsewhere, including every GPU)."""
+    AUTO_BLOCKED_MAX_SEQ and when the blocks' softmax is the fused kernel under `impl` (model.kernels; torch's
+    masked softmax per block would lose the gain), sdpa elsewhere, including every GPU)."""
     if core != "auto":
         return core
-    blocked = (q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[-2] <= AUTO_BLOCKED_MAX_SEQ
-               and dropout_p == 0 and mask is None)
+    from gpt3d.kernels.causal_attention import takes_fused_softmax
+    limit = AUTO_BLOCKED_MAX_SEQ if q.requires_grad else AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY
+    blocked = (q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[-2] <= limit and dropout_p == 0
+               and mask is None and takes_fused_softmax(q, impl))
     return "blocked" if blocked else "sdpa"
 
 
@@ -50,7 +57,7 @@ def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dr
     (gpt3d.kernels.block_causal_attention; no dropout); "auto": resolve_dense_core. `mask` [b, 1, s, s] (True =
     attend, causality included) replaces the causal mask for packed examples (gpt3d/model/packing.py); the explicit
     cores then compute the whole square."""
-    core = resolve_dense_core(core, q, dropout_p, mask)
+    core = resolve_dense_core(core, q, dropout_p, mask, impl)
     if mask is not None:
         if core == "sdpa":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from gpt3d import kernels
 from gpt3d.config import ConfigError, ModelConfig
-from gpt3d.model.ops import AUTO_BLOCKED_MAX_SEQ, resolve_dense_core
+from gpt3d.model.ops import AUTO_BLOCKED_MAX_SEQ, AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY, resolve_dense_core
 from gpt3d.planner.sparsity import blocked_score_fraction
 
 # fp32 against the float64 reference: the GEMMs and the softmax round at ~1e-7 relative; outputs and gradients are
@@ -73,16 +73,23 @@ def test_bad_input_is_one_clear_error():
         kernels.block_causal_attention(q, q, q, 0.5, block=0)
     with pytest.raises(ValueError, match="impl must be 'auto', 'fused' or 'reference', got 'fast'"):
         kernels.block_causal_attention(q, q, q, 0.5, impl="fast")
+    with pytest.raises(TypeError, match="q has dtype torch.int64 but must be floating point"):
+        kernels.block_causal_attention(q.long(), q.long(), q.long(), 0.5)
 
 
 def test_auto_takes_the_blocked_core_only_for_short_fp32_cpu_attention():
-    q = torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ, 8)
+    q = torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ, 8, requires_grad=True)  # training: a gradient will be needed
     mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
     assert resolve_dense_core("auto", q, 0.0, None) == "blocked"
-    assert resolve_dense_core("auto", torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ + 1, 8), 0.0, None) == "sdpa"
+    assert resolve_dense_core("auto", torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ + 1, 8, requires_grad=True), 0.0,
+                              None) == "sdpa"
+    # forward only (evaluation): the blocked forward is faster only up to the shorter limit
+    assert resolve_dense_core("auto", q.detach()[..., :AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY, :], 0.0, None) == "blocked"
+    assert resolve_dense_core("auto", q.detach()[..., :AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY + 1, :], 0.0, None) == "sdpa"
     assert resolve_dense_core("auto", q.bfloat16(), 0.0, None) == "sdpa"
     assert resolve_dense_core("auto", q, 0.1, None) == "sdpa"
     assert resolve_dense_core("auto", q[..., :4, :], 0.0, mask) == "sdpa"
+    assert resolve_dense_core("auto", q, 0.0, None, impl="reference") == "sdpa"  # torch's softmax per block: slower
     for core in ("sdpa", "softmax", "blocked"):
         assert resolve_dense_core(core, q.bfloat16(), 0.1, mask) == core
 

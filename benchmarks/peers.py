@@ -118,15 +118,19 @@ def main() -> None:
                    help="run each layout's frameworks this many times, alternating (gpt3d, peer, ..., gpt3d, peer, "
                         "...), and report each framework's median step time with its range: on a shared machine a "
                         "burst of load then hits both sides of a ratio alike")
+    p.add_argument("--gpt3d-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra gpt3d config overrides for every layout (to compare one setting against the peers)")
     p.add_argument("--profile", action="store_true",
-                   help="profile the last step of every run (torch.profiler, CPU ops by self time); the tables are "
-                        "written to <run dir>/profile-rank<r>.txt (excluded from the step times: the last step)")
+                   help="profile the last step of every run (torch.profiler, CPU ops by self time, then by op and "
+                        "input shape); the tables are written to <run dir>/profile-rank<r>.txt (excluded from the "
+                        "step times: the last step)")
     args = p.parse_args()
     spec = ({"layers": 2, "d_model": 128, "heads": 4, "seq": 128, "vocab": 1024} if args.quick else
             {"layers": 6, "d_model": 512, "heads": 8, "seq": 512, "vocab": 8192})
     steps = args.steps or (3 if args.quick else 6)
     global_batch = 4
     gpt3d_settings, megatron_first = pipeline_settings(spec["layers"])
+    gpt3d_settings = {layout: gpt3d_settings.get(layout, []) + args.gpt3d_set for layout in RUNS}
     work = Path(tempfile.mkdtemp(prefix="gpt3d-peers-"))
     weights, tokens = prepare(work, spec, steps, global_batch)
     print(f"model {spec}; global batch {global_batch}; {steps} steps; 2 ranks x {args.threads} thread(s); "

@@ -50,7 +50,8 @@ def timed_steps(step, job: dict) -> tuple[list[float], list[float]]:
     for i in range(len(data)):
         torch.distributed.barrier()
         profiling = job.get("profile") and i == len(data) - 1
-        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profiling else None
+        profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+                    if profiling else None)
         if profiler is not None:
             profiler.start()
         start = time.perf_counter()
@@ -61,8 +62,10 @@ def timed_steps(step, job: dict) -> tuple[list[float], list[float]]:
             profiler.stop()
             table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
             rank = torch.distributed.get_rank()
+            by_shape = profiler.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=40, max_shapes_column_width=70)
             with open(os.path.join(job["out"], f"profile-rank{rank}.txt"), "w") as fh:
-                fh.write(table)
+                fh.write(table + "\n\nBy input shape:\n" + by_shape)
     return losses, seconds
 
 

@@ -29,8 +29,9 @@ def build_model_chunks(model_cfg: ModelConfig, parallel: ParallelConfig, ctx: Pa
             stage = GPTStage(model_cfg, stages[virtual], first, last)
         if layout.tp > 1:
             apply_tensor_parallel(stage, ctx.tp_group, parallel.sequence_parallel, rng)
-        elif parallel.schedule in SPLIT_BACKWARD:
-            use_parallel_linears(stage, ctx.tp_group, parallel.sequence_parallel)  # B/W-splittable linears
+        elif parallel.schedule in SPLIT_BACKWARD or parallel.gradient_accumulation_fusion:
+            # linears whose weight gradient goes through a WeightGradStore: B/W-splittable, fused accumulation
+            use_parallel_linears(stage, ctx.tp_group, parallel.sequence_parallel)
         if parallel.recompute == "full":
             stage.recompute_full = True
             stage.recompute_rng_context = rng

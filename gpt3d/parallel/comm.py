@@ -65,8 +65,8 @@ def _divided(work, x: torch.Tensor, divide_by: int, async_op: bool):
 
 def reduce_in_place(x: torch.Tensor, group: Group, op: dist.ReduceOp = dist.ReduceOp.SUM, async_op: bool = False,
                     divide_by: int = 1):
-    """x = the reduction of every rank's x, divided by `divide_by` (a gradient average: in shared memory, each chunk
-    while it is in cache); with async_op a handle to wait on (already complete in shared memory)."""
+    """x = the reduction of every rank's x, divided by `divide_by` (a gradient average: in shared memory, each rank's
+    values as they are copied in); with async_op a handle to wait on (already complete in shared memory)."""
     shm = _shared_memory(group, x, op=op)
     if shm is None:
         work = dist.all_reduce(x, op=op, group=group.pg, async_op=async_op)

@@ -108,9 +108,19 @@ class SharedMemoryCollectives:
         for view in views[2:]:
             reduce(out, view, out=out)
 
+    def _copy_in(self, slot: torch.Tensor, values: torch.Tensor, divide_by: int) -> torch.Tensor:
+        """Write this rank's values into its slot, divided by `divide_by` on the way (a gradient average with no
+        pass of its own); returns the values the reduction combines for this rank. For 2 or 4 ranks the sum of
+        halves (quarters) is the sum halved (quartered) exactly, barring subnormals: scaling by a power of two is
+        exact in binary floating point."""
+        if divide_by == 1:
+            slot.copy_(values)
+            return values
+        torch.div(values, divide_by, out=slot)
+        return slot
+
     def all_reduce(self, x: torch.Tensor, op=dist.ReduceOp.SUM, divide_by: int = 1) -> torch.Tensor:
-        """x = the reduction over ranks of x, divided by `divide_by` chunk by chunk while the chunk is in cache (a
-        gradient average without a second pass over memory)."""
+        """x = the reduction over ranks of x / `divide_by` (each rank's part divided as it is copied in)."""
         reduce = _REDUCERS[op]
         flat = x.view(-1)
         step = self._chunk_elems(x)
@@ -119,11 +129,9 @@ class SharedMemoryCollectives:
             nbytes = piece.numel() * x.element_size()
             slots = self._next_round()
             views = [slots[r, :nbytes].view(x.dtype) for r in range(self.size)]
-            views[self.rank].copy_(piece)
+            mine = self._copy_in(views[self.rank], piece, divide_by)
             self._arrive()
-            self._reduce(reduce, piece, views, piece)
-            if divide_by != 1:
-                piece.div_(divide_by)
+            self._reduce(reduce, mine, views, piece)
         return x
 
     def all_gather_into_tensor(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -143,8 +151,7 @@ class SharedMemoryCollectives:
 
     def reduce_scatter_tensor(self, out: torch.Tensor, x: torch.Tensor, op=dist.ReduceOp.SUM,
                               divide_by: int = 1) -> torch.Tensor:
-        """out = the reduction over ranks of their x's part `rank` (x flat, `size` equal parts), divided by
-        `divide_by` chunk by chunk."""
+        """out = the reduction over ranks of their x's part `rank` (x flat, `size` equal parts) / `divide_by`."""
         reduce = _REDUCERS[op]
         parts, out_flat = x.view(self.size, -1), out.view(-1)
         part = out_flat.numel()
@@ -154,10 +161,7 @@ class SharedMemoryCollectives:
             slots = self._next_round()
             nbytes = self.size * n * x.element_size()
             views = [slots[r, :nbytes].view(x.dtype).view(self.size, n) for r in range(self.size)]
-            views[self.rank].copy_(parts[:, start:start + n])
+            mine = self._copy_in(views[self.rank], parts[:, start:start + n], divide_by)[self.rank]
             self._arrive()
-            self._reduce(reduce, parts[self.rank, start:start + n], [v[self.rank] for v in views],
-                         out_flat[start:start + n])
-            if divide_by != 1:
-                out_flat[start:start + n].div_(divide_by)
+            self._reduce(reduce, mine, [v[self.rank] for v in views], out_flat[start:start + n])
         return out

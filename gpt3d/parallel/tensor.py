@@ -44,7 +44,7 @@ class ColumnParallelLinear(nn.Module):
         self.weight = _sharded_param((out // group.size, inp), linear.weight, shard)
         self.bias = _sharded_param((out // group.size,), linear.bias, shard)
         self.group, self.sequence_parallel = group, sequence_parallel
-        self.weight_grad_store: Optional[WeightGradStore] = None  # set: B/W-split backward (zero-bubble schedules)
+        self.weight_grad_store: Optional[WeightGradStore] = None  # set: weight gradients go through it
         self.bf16_matmul = getattr(linear, "bf16_matmul", "auto")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,10 +66,12 @@ class RowParallelLinear(nn.Module):
         if sequence_parallel:
             self.bias.tp_partial_grad = True  # each rank sees only its sequence shard: sum grads over TP
         self.group, self.sequence_parallel = group, sequence_parallel
-        self.weight_grad_store: Optional[WeightGradStore] = None  # set: B/W-split backward (zero-bubble schedules)
+        self.weight_grad_store: Optional[WeightGradStore] = None  # set: weight gradients go through it
         self.bf16_matmul = getattr(linear, "bf16_matmul", "auto")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group.size == 1:  # nothing to reduce: the bias goes into the GEMM, as nn.Linear's
+            return linear(x, self.weight, self.bias, self.weight_grad_store, self.bf16_matmul)
         partial = linear(x, self.weight, None, self.weight_grad_store, self.bf16_matmul)
         if self.sequence_parallel:
             out = comm.reduce_scatter_to_sp(partial, self.group)
@@ -201,14 +203,19 @@ PLAN = {
 
 
 def use_parallel_linears(stage: GPTStage, group: Group, sequence_parallel: bool) -> None:
-    """Swap only the blocks' linears for their column/row-parallel versions (before materialisation): with tp=1
-    this changes no number, and gives every linear the B/W-splittable backward."""
+    """Swap only the blocks' linears for their column/row-parallel versions (before materialisation), asserting
+    every one was found: with tp=1 they compute what nn.Linear does, and their weight gradients can go through a
+    WeightGradStore (the B/W split, fused accumulation into the main gradient)."""
+    found = {pattern: 0 for pattern, kind in PLAN.items() if kind in ("column", "row")}
     for name, module in list(stage.named_modules()):
-        for pattern, kind in PLAN.items():
-            if kind in ("column", "row") and fnmatch.fnmatchcase(name, pattern) and isinstance(module, nn.Linear):
+        for pattern in found:
+            if fnmatch.fnmatchcase(name, pattern) and isinstance(module, nn.Linear):
                 parent_name, _, attr = name.rpartition(".")
-                cls = ColumnParallelLinear if kind == "column" else RowParallelLinear
+                cls = ColumnParallelLinear if PLAN[pattern] == "column" else RowParallelLinear
                 setattr(stage.get_submodule(parent_name), attr, cls(module, group, sequence_parallel))
+                found[pattern] += 1
+    missing = {pattern: n for pattern, n in found.items() if n != len(stage.blocks)}
+    assert not missing, f"linears found per pattern {missing}, expected {len(stage.blocks)} each"
 
 
 def attach_weight_grad_store(chunks: list[nn.Module], store: Optional[WeightGradStore]) -> int:
@@ -218,7 +225,7 @@ def attach_weight_grad_store(chunks: list[nn.Module], store: Optional[WeightGrad
         for module in chunk.modules():
             if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
                 module.weight_grad_store = store
-                module.weight.deferred_weight_grad = store is not None  # its gradient comes through the store
+                module.weight.weight_grad_by_store = store is not None  # autograd gives it none: the store does
                 count += 1
     return count
 

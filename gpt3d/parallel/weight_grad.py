@@ -1,10 +1,12 @@
-"""The B/W split of a linear layer: the backward computes the input gradient now (B) and, while a zero-bubble
-schedule is capturing, keeps (input, output gradient) to compute the weight gradient later (W).
+"""The weight gradient of a linear layer, routed through a store instead of autograd: the backward computes the input
+gradient itself (B) and hands (input, output gradient) to the store, which either keeps them to compute the weight
+gradient later (W, while a zero-bubble schedule is capturing) or has it computed at once.
 
 A `WeightGradStore` belongs to one Trainer. The pipeline runner opens `capture(key)` around the B of (chunk,
-micro-batch) and later calls `flush(key)` for its W; every deferred weight gradient is then added through one sink,
-`GradSynchronizer.add_weight_grad(param, grad)`, which also tells data-parallel bucketing that the gradient is in.
-Outside a capture (non-split schedules, evaluation, single process) the backward is an ordinary linear backward.
+micro-batch) and later calls `flush(key)` for its W. Every weight gradient, deferred or not, goes to one sink,
+`GradSynchronizer.accumulate_weight_grad(param, inputs, grad_output, fp32, deferred)`, which adds it into the fp32
+main gradient (with gradient-accumulation fusion, by the weight-gradient GEMM itself) and tells data-parallel
+bucketing that the gradient is in. A linear without a store has an ordinary linear backward.
 """
 from __future__ import annotations
 
@@ -20,9 +22,14 @@ from gpt3d.model.linear import linear as model_linear
 from . import comm
 
 
+WeightGradSink = Callable[[nn.Parameter, torch.Tensor, torch.Tensor, bool, bool], None]
+"""sink(param, inputs, grad_output, fp32, deferred): add dL/dW = grad_output^T inputs (GEMM in fp32 when `fp32`) to
+the parameter's gradient; `deferred` when it comes from a W step."""
+
+
 class WeightGradStore:
-    def __init__(self, add_weight_grad: Callable[[nn.Parameter, torch.Tensor], None]):
-        self.add_weight_grad = add_weight_grad
+    def __init__(self, sink: WeightGradSink):
+        self.sink = sink
         self.pending: dict[Hashable, list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]] = {}
         self._key: Optional[Hashable] = None
 
@@ -50,17 +57,21 @@ class WeightGradStore:
 
     def _flush(self, key: Hashable) -> None:
         for param, inputs, grad_output, fp32 in self.pending.pop(key):
-            self.add_weight_grad(param, weight_gradient(inputs, grad_output, fp32))
+            self.sink(param, inputs, grad_output, fp32, True)
+
+    def accumulate_now(self, param: nn.Parameter, inputs: torch.Tensor, grad_output: torch.Tensor, fp32: bool) -> None:
+        """A weight gradient of a backward that is not captured: to the sink at once."""
+        self.sink(param, inputs, grad_output, fp32, False)
 
     def clear(self) -> None:
         self.pending.clear()
 
 
 class _SplitLinear(torch.autograd.Function):
-    """A linear whose backward can defer its weight gradient (a store capturing) and, as the column-parallel linear
-    of tensor parallelism, sum the input gradient over `reduce_group` asynchronously while the weight gradient is
-    computed (Megatron-LM overlaps the same two); the sum is the backward of the identity entering a column-parallel
-    region, comm.CopyToTensorParallel, moved here so that it overlaps."""
+    """A linear whose backward hands its weight gradient to a store (deferred while it captures, else at once) and,
+    as the column-parallel linear of tensor parallelism, sums the input gradient over `reduce_group` asynchronously
+    while the weight gradient is computed (Megatron-LM overlaps the same two); the sum is the backward of the
+    identity entering a column-parallel region, comm.CopyToTensorParallel, moved here so that it overlaps."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, store: Optional[WeightGradStore], bf16_matmul: str, reduce_group=None):
@@ -91,10 +102,12 @@ class _SplitLinear(torch.autograd.Function):
             grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0)
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            if ctx.store is not None and ctx.store.capturing:
+            if ctx.store is None:
+                grad_weight = weight_gradient(x, grad_output, ctx.fp32)
+            elif ctx.store.capturing:
                 ctx.store.defer(ctx.param, x, grad_output, ctx.fp32)
             else:
-                grad_weight = weight_gradient(x, grad_output, ctx.fp32)
+                ctx.store.accumulate_now(ctx.param, x, grad_output, ctx.fp32)
         if pending is not None:
             pending.wait()
         return grad_input, grad_weight, grad_bias, None, None, None

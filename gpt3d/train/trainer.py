@@ -43,16 +43,17 @@ class Trainer:
         require_dtype_runs(cfg.train.dtype, self.dtype, self.ctx.device)
         self.tracker = seed_everything(cfg.train.seed, self.ctx.tp_rank, self.ctx.pp_rank, self.ctx.device)
         self.chunks = build_model_chunks(cfg.model, cfg.parallel, self.ctx, cfg.train.seed, self.tracker)
+        fusion = cfg.parallel.gradient_accumulation_fusion
         self.sync = GradSynchronizer(self.ctx, self.chunks, cfg.parallel.bucket_mb, cfg.parallel.overlap_grad_reduce,
-                                     cfg.parallel.distributed_optimizer, self.dtype)
+                                     cfg.parallel.distributed_optimizer, self.dtype, fuse_weight_grads=fusion)
         self.optimizer = ShardedAdamW(self.ctx, self.sync, cfg.optim)
         self.scaler = DynamicLossScaler(cfg.optim.initial_loss_scale, cfg.optim.loss_scale_window,
                                         enabled=cfg.train.dtype == "fp16")
         self.step_index = 0
         self.schedule = cfg.parallel.schedule  # the config resolved vp > 1 with 1f1b to interleaved
         self.weight_grads = None
-        if self.schedule in SPLIT_BACKWARD:
-            self.weight_grads = WeightGradStore(self.sync.add_weight_grad)
+        if self.schedule in SPLIT_BACKWARD or fusion:  # the blocks' linears hand their weight gradients to the sync
+            self.weight_grads = WeightGradStore(self.sync.accumulate_weight_grad)
             attach_weight_grad_store(self.chunks, self.weight_grads)
         self._schedules: dict[tuple[bool, int], Schedule] = {}
         self.last_runner: StageRunner | None = None

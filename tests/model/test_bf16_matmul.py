@@ -80,6 +80,7 @@ def test_a_bf16_model_step_is_the_same_either_way(split_backward):
     from gpt3d.model.init import materialize
     from gpt3d.parallel.context import single_process_context
     from gpt3d.parallel.tensor import attach_weight_grad_store, use_parallel_linears
+    from gpt3d.model.linear import weight_gradient
     from gpt3d.parallel.weight_grad import WeightGradStore
     results = {}
     for mode in ("bf16", "fp32"):
@@ -87,7 +88,7 @@ def test_a_bf16_model_step_is_the_same_either_way(split_backward):
         with torch.device("meta"):
             model = GPTStage(cfg, range(cfg.n_layers), first=True, last=True)
         deferred: dict = {}
-        store = WeightGradStore(deferred.__setitem__)
+        store = WeightGradStore(lambda p, x, dy, fp32, _: deferred.__setitem__(p, weight_gradient(x, dy, fp32)))
         if split_backward:  # the blocks' linears compute weight gradients later, as in a zero-bubble schedule
             use_parallel_linears(model, single_process_context().tp_group, False)
             assert attach_weight_grad_store([model], store) == 4 * cfg.n_layers

@@ -182,6 +182,8 @@ GPIPE = "parallel.schedule=gpipe"
 ZBH1 = "parallel.schedule=zbh1"
 ZBV = "parallel.schedule=zbv"
 INTERLEAVED = "parallel.schedule=interleaved"
+GLOO = "parallel.cpu_collectives=gloo"  # not shared memory: reductions overlap backward
+UNFUSED = "parallel.gradient_accumulation_fusion=false"
 EIGHT_LAYERS = "model.n_layers=8"  # pp4 with two chunks per rank (interleaved vp2, ZB-V) needs 8 layer chunks
 MICRO_1 = "train.micro_batch_size=1"  # pp4 x dp2 with 8 samples: 4 micro-batches (interleaved and ZB-V need m >= pp)
 TRAJECTORY_STEPS = 20  # the loss trajectories of the key layouts, optimizer stepping
@@ -198,7 +200,7 @@ PARITY_JOBS: dict[str, tuple[int, list[str], int]] = {
     "1x2x2 vp2 dist-opt": (4, layout_overrides(1, 2, 2, vp=2) + [DIST_OPT], SHORT_STEPS),
     "2x1x2 full-recompute": (4, layout_overrides(2, 1, 2) + [FULL], SHORT_STEPS),
     "1x4x1 gpipe": (4, layout_overrides(1, 4, 1) + [GPIPE], SHORT_STEPS),
-    # Zero-bubble schedules (B/W-split linears, deferred weight gradients through GradSynchronizer.add_weight_grad).
+    # Zero-bubble schedules (B/W-split linears, deferred weight gradients through GradSynchronizer.accumulate_weight_grad).
     "2x2x2 zbv sp dist-opt full-recompute": (8, layout_overrides(2, 2, 2) + [ZBV, SP, DIST_OPT, FULL], SHORT_STEPS),
     "2x2x1 zbh1 sp selective-recompute": (4, layout_overrides(2, 2, 1) + [ZBH1, SP, SELECTIVE], SHORT_STEPS),
     "1x2x2 zbh1 dist-opt full-recompute": (4, layout_overrides(1, 2, 2) + [ZBH1, DIST_OPT, FULL], SHORT_STEPS),
@@ -224,6 +226,13 @@ PARITY_JOBS: dict[str, tuple[int, list[str], int]] = {
                                          PP4_STEPS),
     "1x4x2 zbv dist-opt full-recompute": (8, layout_overrides(1, 4, 2) + [ZBV, EIGHT_LAYERS, MICRO_1, DIST_OPT, FULL],
                                           PP4_STEPS),
+    # Over gloo, each bucket's reduction starts asynchronously during backward when its last gradient is in (through
+    # shared memory, the default on one host, the reduction is synchronous and runs after backward): the fused weight
+    # gradients mark their parameters ready from B, or from the last W under a zero-bubble schedule.
+    "1x1x2 gloo": (2, layout_overrides(1, 1, 2) + [GLOO], SHORT_STEPS),
+    "1x2x2 zbh1 dist-opt gloo": (4, layout_overrides(1, 2, 2) + [ZBH1, DIST_OPT, GLOO], SHORT_STEPS),
+    # Gradient-accumulation fusion off: autograd's weight gradients, and the store's deferred ones added unfused.
+    "1x2x2 zbv unfused": (4, layout_overrides(1, 2, 2) + [ZBV, UNFUSED], SHORT_STEPS),
     "2x1x1": (2, layout_overrides(2, 1, 1), SHORT_STEPS),
     "1x2x1": (2, layout_overrides(1, 2, 1), SHORT_STEPS),
     "1x1x2": (2, layout_overrides(1, 1, 2), SHORT_STEPS),

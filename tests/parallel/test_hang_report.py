@@ -21,9 +21,8 @@ CASES = {
     # pp=2: rank 0 (first stage) waits in the 1F1B steady state for the gradient of its micro-batch.
     "pipeline p2p": (["parallel.pp=2"], "1f1b", "pp: p2p("),
     # dp=2 over gloo: rank 0 waits for the overlapped gradient all-reduce after its backward. In shared memory (the
-    # default on one host) the bucket's all-reduce runs when the bucket is ready, inside the last backward, and
-    # waits there.
-    "data-parallel all-reduce": (["parallel.dp=2"], "1f1b", "dp: all_reduce"),
+    # default on one host) every bucket is reduced after backward (its reduction is synchronous), and waits there.
+    "data-parallel all-reduce": (["parallel.dp=2"], "gradient reduction", "dp: all_reduce"),
     "data-parallel all-reduce over gloo": (["parallel.dp=2", "parallel.cpu_collectives=gloo"], "gradient reduction",
                                            "dp: all_reduce"),
 }

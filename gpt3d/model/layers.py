@@ -200,15 +200,19 @@ class LMHead(nn.Module):
         self.bf16_matmul = cfg.bf16_matmul
         self.impl = cfg.kernels
 
+    def project(self, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """hidden W^T (+ bias) in fp32: the head's one GEMM (gpt3d.parallel routes its weight gradient)."""
+        return linear(hidden, weight, bias, self.bf16_matmul, keep_fp32=True)
+
     def padded_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Logits over the padded vocabulary, -inf in the padded columns."""
         # the bias is built in the activations' dtype
-        return linear(hidden, weight, self.pad_bias(hidden), self.bf16_matmul, keep_fp32=True)
+        return self.project(hidden, weight, self.pad_bias(hidden))
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.padded_logits(hidden, weight)[..., : self.vocab_size]
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # no padding bias: the loss reads only the real vocabulary's columns (gpt3d/model/cross_entropy.py), in fp32
-        logits = linear(hidden, weight, None, self.bf16_matmul, keep_fp32=True)
+        logits = self.project(hidden, weight, None)
         return cross_entropy(logits.flatten(0, 1), labels.flatten(), self.vocab_size, self.impl)

@@ -12,7 +12,7 @@ from gpt3d.model.init import materialize
 from .context import ParallelContext, stage_layer_ids
 from .pipeline.schedules import SPLIT_BACKWARD, placement_for
 from .random import RNGTracker, StreamContext
-from .tensor import apply_tensor_parallel, use_parallel_linears
+from .tensor import apply_tensor_parallel, use_parallel_linears, use_store_fed_head
 
 
 def build_model_chunks(model_cfg: ModelConfig, parallel: ParallelConfig, ctx: ParallelContext, seed: int,
@@ -32,6 +32,8 @@ def build_model_chunks(model_cfg: ModelConfig, parallel: ParallelConfig, ctx: Pa
         elif parallel.schedule in SPLIT_BACKWARD or parallel.gradient_accumulation_fusion:
             # linears whose weight gradient goes through a WeightGradStore: B/W-splittable, fused accumulation
             use_parallel_linears(stage, ctx.tp_group, parallel.sequence_parallel)
+            if parallel.gradient_accumulation_fusion:
+                use_store_fed_head(stage)
         if parallel.recompute == "full":
             stage.recompute_full = True
             stage.recompute_rng_context = rng

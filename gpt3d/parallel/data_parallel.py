@@ -7,12 +7,14 @@ view of `grad_data`. In fp32, `param.grad` is that same view and autograd accumu
 (mixed precision, as Megatron-LM), autograd produces a bf16/fp16 `param.grad`; a post-accumulate-grad hook adds it
 into the fp32 `main_grad` and frees it, so micro-batches accumulate in fp32.
 
-The blocks' linear weights take their gradient from a WeightGradStore instead of autograd (gpt3d/parallel/weight_grad.py:
-a zero-bubble schedule's deferred W step, or gradient-accumulation fusion): `accumulate_weight_grad` runs the
-weight-gradient GEMM. Fused, its output is the main gradient itself (`torch.mm(out=)` for the step's first
-contribution, `addmm_` after it), so these weights, about 90% of a GPT's, are neither zero-filled per step nor added
-from a temporary; zero_grad marks them "fresh" instead, and a weight still fresh when the step's reductions start
-(no gradient reached it) is zeroed then. Unfused, the GEMM's result is added (copied when fresh).
+The blocks' linear weights, and with gradient-accumulation fusion the LM head's, take their gradient from a
+WeightGradStore instead of autograd (gpt3d/parallel/weight_grad.py: a zero-bubble schedule's deferred W step, or
+fusion): `accumulate_weight_grad` runs the weight-gradient GEMM. Fused, its output is the main gradient itself
+(`torch.mm(out=)` for the step's first contribution, `addmm_` after it), so these weights, nearly all of a GPT's, are
+neither zero-filled per step nor added from a temporary; zero_grad marks them "fresh" instead, and a weight still
+fresh when the step's reductions start (no gradient reached it) is zeroed then. Unfused, the GEMM's result is added
+(copied when fresh). A head tied to the same stage's embedding is the exception: the lookup's gradient still comes
+through autograd, after the head's, so that weight is zero-filled as usual and counted ready by autograd's hook.
 During the last micro-batch's backward, a bucket is reduced asynchronously as soon as all of its gradients are final,
 overlapping the rest of backward. Earlier micro-batches accumulate into the same buffers with no communication.
 A CPU group that sums through shared memory (gpt3d/parallel/shared_memory.py) reduces every bucket after backward
@@ -69,6 +71,12 @@ class Bucket:
 def _fed_by_store(param: nn.Parameter) -> bool:
     """Its weight gradient comes through a WeightGradStore (gpt3d.parallel.tensor.attach_weight_grad_store)."""
     return getattr(param, "weight_grad_by_store", False)
+
+
+def _fed_by_store_only(param: nn.Parameter) -> bool:
+    """Fed by a store and by nothing else. A tied embedding also fed by its lookup through autograd is zeroed by
+    zero_grad as usual, and counted ready by autograd's hook: the lookup's gradient comes last."""
+    return _fed_by_store(param) and not getattr(param, "weight_grad_also_autograd", False)
 
 
 def _needs_deferral(param: nn.Parameter) -> bool:
@@ -148,7 +156,7 @@ class GradSynchronizer:
 
     def _on_grad_ready(self, param: nn.Parameter) -> None:
         """Post-accumulate-grad hook: autograd has finished this parameter's gradient of one backward."""
-        if _fed_by_store(param):
+        if _fed_by_store_only(param):
             return  # autograd's accumulation is empty; the gradient comes through accumulate_weight_grad
         if self.mixed:
             param.main_grad.add_(param.grad)  # bf16/fp16 -> fp32 accumulation
@@ -171,7 +179,8 @@ class GradSynchronizer:
                 main.addmm_(go, x)
         else:
             self._add(param, matmul(go, x, fp32))
-        self._mark_ready(param, self.weight_sync_enabled if deferred else self.sync_enabled)
+        if _fed_by_store_only(param):
+            self._mark_ready(param, self.weight_sync_enabled if deferred else self.sync_enabled)
 
     def add_weight_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
         """A weight gradient computed outside autograd and the store: add it into the fp32 main gradient and count
@@ -259,7 +268,7 @@ class GradSynchronizer:
         for bucket in self.all_buckets():
             start = 0
             for p, offset in zip(bucket.params, bucket.offsets):
-                if _fed_by_store(p):
+                if _fed_by_store_only(p):
                     bucket.grad_data[start:offset].zero_()
                     start = offset + p.numel()
                     self._fresh[id(p)] = p

@@ -218,8 +218,27 @@ def use_parallel_linears(stage: GPTStage, group: Group, sequence_parallel: bool)
     assert not missing, f"linears found per pattern {missing}, expected {len(stage.blocks)} each"
 
 
+class StoreFedLMHead(LMHead):
+    """The LM head (tp=1) with its weight gradient through a WeightGradStore, always at once (a zero-bubble schedule
+    defers only the blocks' linears): with gradient-accumulation fusion its GEMM writes the main gradient."""
+
+    weight_grad_store: Optional[WeightGradStore] = None
+
+    def project(self, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return linear(hidden, weight, bias, self.weight_grad_store, self.bf16_matmul, keep_fp32=True, immediate=True)
+
+
+def use_store_fed_head(stage: GPTStage) -> None:
+    """Make the stage's LM head (if it has one) a StoreFedLMHead: the same module state under the subclass, so
+    parameters, names and the state dict are unchanged."""
+    if stage.head is not None:
+        assert type(stage.head) is LMHead, f"expected the model's LMHead, found {type(stage.head).__name__}"
+        stage.head.__class__ = StoreFedLMHead
+
+
 def attach_weight_grad_store(chunks: list[nn.Module], store: Optional[WeightGradStore]) -> int:
-    """Route the weight gradients of every column/row-parallel linear through `store`; returns how many."""
+    """Route the weight gradients of every column/row-parallel linear (and store-fed LM head) through `store`;
+    returns how many weights."""
     count = 0
     for chunk in chunks:
         for module in chunk.modules():
@@ -227,6 +246,13 @@ def attach_weight_grad_store(chunks: list[nn.Module], store: Optional[WeightGrad
                 module.weight_grad_store = store
                 module.weight.weight_grad_by_store = store is not None  # autograd gives it none: the store does
                 count += 1
+        if isinstance(getattr(chunk, "head", None), StoreFedLMHead):
+            chunk.head.weight_grad_store = store
+            weight = chunk.head_weight()
+            weight.weight_grad_by_store = store is not None
+            # Tied to this stage's embedding: the lookup's gradient still comes through autograd, after the head's.
+            weight.weight_grad_also_autograd = store is not None and chunk.head.weight is None
+            count += 1
     return count
 
 

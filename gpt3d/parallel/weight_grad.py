@@ -74,7 +74,8 @@ class _SplitLinear(torch.autograd.Function):
     identity entering a column-parallel region, comm.CopyToTensorParallel, moved here so that it overlaps."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, store: Optional[WeightGradStore], bf16_matmul: str, reduce_group=None):
+    def forward(ctx, x, weight, bias, store: Optional[WeightGradStore], bf16_matmul: str, reduce_group=None,
+                keep_fp32: bool = False, immediate: bool = False):
         device = x.device.type
         if torch.is_autocast_enabled(device):  # cast as autocast would, and keep the cast copies for backward
             dtype = torch.get_autocast_dtype(device)
@@ -83,42 +84,50 @@ class _SplitLinear(torch.autograd.Function):
         else:
             x_c, w_c, b_c = x, weight, bias
         with torch.autocast(device, enabled=False):
-            out = model_linear(x_c, w_c, b_c, bf16_matmul)
+            out = model_linear(x_c, w_c, b_c, bf16_matmul, keep_fp32=keep_fp32)
         ctx.save_for_backward(x_c, w_c)
         ctx.param, ctx.store, ctx.has_bias, ctx.reduce_group = weight, store, bias is not None, reduce_group
         ctx.fp32 = in_fp32(x_c, bf16_matmul)
+        ctx.unrounded = keep_fp32 and ctx.fp32  # an fp32 output of bf16 operands: its gradient stays fp32
+        ctx.immediate = immediate
         return out
 
     @staticmethod
     def backward(ctx, grad_output):
         x, w = ctx.saved_tensors
-        grad_output = grad_output.to(w.dtype)
-        grad_input = matmul(grad_output, w, ctx.fp32) if ctx.needs_input_grad[0] else None
+        if ctx.unrounded:  # as gpt3d.model.linear's fp32 route: the GEMMs take the fp32 gradient as it is
+            grad_output = grad_output.float()
+            grad_input = (grad_output @ w.float()).to(x.dtype) if ctx.needs_input_grad[0] else None
+        else:
+            grad_output = grad_output.to(w.dtype)
+            grad_input = matmul(grad_output, w, ctx.fp32) if ctx.needs_input_grad[0] else None
         pending = None
         if grad_input is not None and ctx.reduce_group is not None:
             pending = comm.start_all_reduce(grad_input, ctx.reduce_group)
         grad_bias = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0)
+            grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0).to(w.dtype)
         grad_weight = None
         if ctx.needs_input_grad[1]:
             if ctx.store is None:
-                grad_weight = weight_gradient(x, grad_output, ctx.fp32)
-            elif ctx.store.capturing:
+                grad_weight = weight_gradient(x, grad_output, ctx.fp32).to(w.dtype)
+            elif ctx.store.capturing and not ctx.immediate:
                 ctx.store.defer(ctx.param, x, grad_output, ctx.fp32)
             else:
                 ctx.store.accumulate_now(ctx.param, x, grad_output, ctx.fp32)
         if pending is not None:
             pending.wait()
-        return grad_input, grad_weight, grad_bias, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
 def linear(x: torch.Tensor, weight: nn.Parameter, bias: Optional[torch.Tensor],
-           store: Optional[WeightGradStore], bf16_matmul: str = "auto", reduce_input_grad=None) -> torch.Tensor:
-    """gpt3d.model.linear.linear, with a B/W-splittable backward when a store is attached and, given a group in
-    `reduce_input_grad` (of more than one rank), the input gradient summed over it, overlapping the weight gradient."""
+           store: Optional[WeightGradStore], bf16_matmul: str = "auto", reduce_input_grad=None,
+           keep_fp32: bool = False, immediate: bool = False) -> torch.Tensor:
+    """gpt3d.model.linear.linear, with the weight gradient through `store` when one is attached (deferred while it
+    captures, unless `immediate`) and, given a group in `reduce_input_grad` (of more than one rank), the input
+    gradient summed over it, overlapping the weight gradient."""
     if reduce_input_grad is not None and reduce_input_grad.size == 1:
         reduce_input_grad = None
     if (store is None and reduce_input_grad is None) or not torch.is_grad_enabled():
-        return model_linear(x, weight, bias, bf16_matmul)
-    return _SplitLinear.apply(x, weight, bias, store, bf16_matmul, reduce_input_grad)
+        return model_linear(x, weight, bias, bf16_matmul, keep_fp32=keep_fp32)
+    return _SplitLinear.apply(x, weight, bias, store, bf16_matmul, reduce_input_grad, keep_fp32, immediate)

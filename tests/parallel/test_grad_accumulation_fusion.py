@@ -1,5 +1,6 @@
-"""Gradient-accumulation fusion (parallel.gradient_accumulation_fusion): the blocks' linear weights get their
-gradient from one GEMM per micro-batch that writes (first micro-batch) or accumulates into the fp32 main gradient.
+"""Gradient-accumulation fusion (parallel.gradient_accumulation_fusion): the blocks' linear weights and the LM head's
+get their gradient from one GEMM per micro-batch that writes (first micro-batch) or accumulates into the fp32 main
+gradient.
 
 The reference is independent of the fused path: every (input, output gradient) pair the linears hand to the
 GradSynchronizer is recorded, and the expected gradient is their products summed in float64."""
@@ -15,6 +16,7 @@ from gpt3d.train.trainer import Trainer
 from .harness import make_config, synthetic_batches
 
 MICRO_BATCHES = 4  # global batch 8, micro-batch 2: the first writes the main gradient, three accumulate
+UNTIED = "model.tie_embeddings=false"  # the head's weight then gets its gradient from the store alone
 
 
 def _trainer(overrides: list[str]) -> tuple[Trainer, list]:
@@ -40,9 +42,11 @@ def _expected(recorded: list, param) -> torch.Tensor:
     return total
 
 
-def _block_weights(trainer: Trainer) -> list:
-    return [m.weight for chunk in trainer.chunks for m in chunk.modules()
-            if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+def _fed_weights(trainer: Trainer) -> list:
+    """The weights whose gradient comes through the store: every block linear's and the LM head's."""
+    blocks = [m.weight for chunk in trainer.chunks for m in chunk.modules()
+              if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+    return blocks + [chunk.head_weight() for chunk in trainer.chunks if chunk.head is not None]
 
 
 def _step(trainer: Trainer, seed: int = 0) -> None:
@@ -54,9 +58,9 @@ def _step(trainer: Trainer, seed: int = 0) -> None:
 def test_fp32_weight_gradients_are_the_sum_of_the_micro_batch_products():
     """fp32: each block weight's main gradient is the fp32 GEMMs' sum (mm, then addmm_), equal to the float64 sum
     to fp32 rounding of 4 terms (rtol 1e-5)."""
-    trainer, recorded = _trainer(["optim.grad_clip=0.0"])
-    weights = _block_weights(trainer)
-    assert len(weights) == 4 * trainer.cfg.model.n_layers  # every block linear is fed by the store
+    trainer, recorded = _trainer(["optim.grad_clip=0.0", UNTIED])
+    weights = _fed_weights(trainer)
+    assert len(weights) == 4 * trainer.cfg.model.n_layers + 1  # every block linear and the head: fed by the store
     _step(trainer)
     assert len(recorded) == MICRO_BATCHES * len(weights)
     for w in weights:
@@ -70,7 +74,7 @@ def test_bf16_fused_weight_gradients_skip_the_bf16_rounding():
     micro-batch), each term is rounded to bf16 first (relative error up to 2^-9), which that tolerance does not
     admit. Both runs compute the same activations and output gradients (weight gradients feed nothing else), so
     the fused run's recorded operands are the reference for both."""
-    bf16 = ["train.dtype=bf16", "model.bf16_matmul=fp32", "optim.grad_clip=0.0"]
+    bf16 = ["train.dtype=bf16", "model.bf16_matmul=fp32", "optim.grad_clip=0.0", UNTIED]
     fused, recorded = _trainer(bf16)
     _step(fused)
     cfg = make_config(bf16 + ["parallel.gradient_accumulation_fusion=false"])
@@ -80,7 +84,7 @@ def test_bf16_fused_weight_gradients_skip_the_bf16_rounding():
     unfused_weights = dict(unfused.chunks[0].named_parameters())
     errors = {True: 0.0, False: 0.0}
     for name, w in fused.chunks[0].named_parameters():
-        if not any(w is b for b in _block_weights(fused)):
+        if not any(w is b for b in _fed_weights(fused)):
             continue
         expected = _expected(recorded, w)
         for is_fused, grad in ((True, w.main_grad), (False, unfused_weights[name].main_grad)):
@@ -93,10 +97,10 @@ def test_bf16_fused_weight_gradients_skip_the_bf16_rounding():
 def test_zero_grad_leaves_fed_weights_to_their_first_gradient_and_finish_zeroes_the_untouched():
     """zero_grad does not fill the store-fed weights (their first gradient is written over them); a weight that
     gets no gradient in a step is zeroed when the reductions start, so no stale gradient is ever reduced."""
-    trainer, _ = _trainer([])
+    trainer, _ = _trainer([UNTIED])
     _step(trainer)
     sync: GradSynchronizer = trainer.sync
-    weights = _block_weights(trainer)
+    weights = _fed_weights(trainer)
     stale = [w.main_grad.clone() for w in weights]
     assert all(s.abs().max() > 0 for s in stale)
     sync.zero_grad()
@@ -107,3 +111,24 @@ def test_zero_grad_leaves_fed_weights_to_their_first_gradient_and_finish_zeroes_
     sync.finish()  # no backward ran: every fresh weight is zeroed
     assert all(not w.main_grad.any() for w in weights)
     assert np.isfinite(trainer.optimizer.step(1e-3, 1.0)[0])
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_tied_embedding_sums_the_fused_head_and_the_lookup(dtype):
+    """Tied: the head's weight gradient comes through the store, the lookup's through autograd, into one main
+    gradient that zero_grad zeroes as usual. Against the unfused run, where autograd sums both: fp32 agrees to fp32
+    rounding of the summation order; bf16 differs by the bf16 rounding of the head's weight gradient, which fusion
+    skips (2^-9 relative per micro-batch term, so 1e-2 of the largest element bounds it)."""
+    overrides = [f"train.dtype={dtype}", "optim.grad_clip=0.0"] + (["model.bf16_matmul=fp32"] if dtype == "bf16" else [])
+    fused, _ = _trainer(overrides)
+    tied = fused.chunks[0].embed.tok.weight
+    assert fused.chunks[0].head_weight() is tied and tied.weight_grad_also_autograd
+    cfg = make_config(overrides + ["parallel.gradient_accumulation_fusion=false"])
+    unfused = Trainer(cfg, init_runtime(cfg, 0, 1, 0, 1))
+    for step in range(2):  # the second step: zero_grad must have zeroed the tied gradient
+        _step(fused, seed=step)
+        _step(unfused, seed=step)
+        expected = unfused.chunks[0].embed.tok.weight.main_grad
+        scale = expected.abs().max().item()
+        rtol, atol = (1e-5, 1e-6 * scale) if dtype == "fp32" else (0, 1e-2 * scale)
+        torch.testing.assert_close(tied.main_grad, expected, rtol=rtol, atol=atol)

@@ -182,12 +182,6 @@ class GradSynchronizer:
         if _fed_by_store_only(param):
             self._mark_ready(param, self.weight_sync_enabled if deferred else self.sync_enabled)
 
-    def add_weight_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
-        """A weight gradient computed outside autograd and the store: add it into the fp32 main gradient and count
-        the parameter ready once its chunk's last W runs."""
-        self._add(param, grad)
-        self._mark_ready(param, self.weight_sync_enabled)
-
     def _add(self, param: nn.Parameter, grad: torch.Tensor) -> None:
         if self._fresh.pop(id(param), None) is not None:
             param.main_grad.copy_(grad)

@@ -1,6 +1,6 @@
-"""bf16 gradients accumulate in fp32 main grads: the post-accumulate-grad hook (autograd) and add_weight_grad (weight
-gradients computed outside autograd) both add each micro-batch's bf16 gradient into the fp32 bucket, exactly as
-summing torch.autograd.grad's bf16 gradients of an independent bf16 copy of the model in fp32."""
+"""bf16 gradients accumulate in fp32 main grads: the post-accumulate-grad hook (autograd) and accumulate_weight_grad
+with a bf16 GEMM (the WeightGradStore's sink) both add each micro-batch's bf16 gradient into the fp32 bucket, exactly
+as summing torch.autograd.grad's bf16 gradients of an independent bf16 copy of the model in fp32."""
 import copy
 
 import torch
@@ -32,9 +32,12 @@ def test_bf16_micro_batch_gradients_accumulate_in_fp32():
     for p, e in zip(model.parameters(), expected):
         assert p.grad is None and p.main_grad.dtype == torch.float32
         assert torch.equal(p.main_grad, e)
-    # A weight gradient computed outside autograd takes the same path.
+    # A weight gradient from the store's bf16 GEMM (fp32=False) is added the same way: rounded to bf16, then fp32.
     weight = model.blocks["0"].mlp.fc1.weight
-    extra = torch.randn(weight.shape).to(torch.bfloat16)
+    inputs = torch.randn(2, 3, weight.shape[1]).to(torch.bfloat16)
+    grad_output = torch.randn(2, 3, weight.shape[0]).to(torch.bfloat16)
     before = weight.main_grad.clone()
-    sync.add_weight_grad(weight, extra)
-    assert torch.equal(weight.main_grad, before + extra.float())
+    sync.accumulate_weight_grad(weight, inputs, grad_output, fp32=False, deferred=False)
+    expected_grad = grad_output.reshape(6, -1).t() @ inputs.reshape(6, -1)
+    assert expected_grad.dtype == torch.bfloat16
+    assert torch.equal(weight.main_grad, before + expected_grad.float())

@@ -52,7 +52,7 @@ inline SoftmaxForwardCall prepare_softmax_forward(const char* op, c10::DeviceTyp
   c.y = at::empty_like(c.scores);
   const int64_t sq = c.scores.size(-2), sk = c.scores.size(-1);
   c.args = SoftmaxForwardArgs{c.scores.data_ptr(), c.y.data_ptr(), nullptr, 0, 0, 0,
-                              sq * sk ? c.scores.numel() / (sq * sk) : 0, 1, sq, sk, causal,
+                              sq * sk != 0 ? c.scores.numel() / (sq * sk) : 0, 1, sq, sk, causal,
                               static_cast<float>(scale), kernel_dtype(op, "scores", c.scores)};
   if (mask_in) {
     c.mask = mask_in->stride(3) == 1 ? *mask_in : mask_in->contiguous();  // broadcast (stride-0) dims are kept

@@ -1,4 +1,5 @@
 // AVX-512 instance of the CPU kernels (picked at run time when the CPU reports avx512f).
+#include "common/gcc_avx512_diagnostics.h"
 #include "sparse_attention/cpu_kernel_prelude.h"
 
 #define GPT3D_SA_NS isa_avx512

@@ -13,10 +13,8 @@ fusion): `accumulate_weight_grad` runs the weight-gradient GEMM. Fused, its outp
 (`torch.mm(out=)` for the step's first contribution, `addmm_` after it), so these weights, nearly all of a GPT's, are
 neither zero-filled per step nor added from a temporary; zero_grad marks them "fresh" instead, and a weight still
 fresh when the step's reductions start (no gradient reached it) is zeroed then. Unfused, the GEMM's result is added
-(copied when fresh). A head tied to the same stage's embedding also takes the lookup's gradient through autograd.
-Within a backward that comes after the head's (the lookup is the first op of the forward), so that weight too is fresh
-rather than zero-filled: the head's GEMM writes it, then the lookup's rows are added (a [vocab, d] fill saved per
-step: 103 MB at vocabulary 50304, d 512). It is counted ready by autograd's hook, which fires last.
+(copied when fresh). A head tied to the same stage's embedding is the exception: the lookup's gradient still comes
+through autograd, after the head's, so that weight is zero-filled as usual and counted ready by autograd's hook.
 During the last micro-batch's backward, a bucket is reduced asynchronously as soon as all of its gradients are final,
 overlapping the rest of backward. Earlier micro-batches accumulate into the same buffers with no communication.
 A CPU group that sums through shared memory (gpt3d/parallel/shared_memory.py) reduces every bucket after backward
@@ -76,8 +74,10 @@ def _fed_by_store(param: nn.Parameter) -> bool:
 
 
 def _fed_by_store_only(param: nn.Parameter) -> bool:
-    """Fed by a store and by nothing else. A tied embedding, also fed by its lookup through autograd, is counted ready
-    by autograd's hook: the lookup's gradient comes last."""
+    """Fed by a store and by nothing else. A tied embedding also fed by its lookup through autograd is zeroed by
+    zero_grad as usual (not left for the head's GEMM to write: a fine-tuning head, reward or value, leaves the LM head
+    unused, and then only the lookup feeds it), and counted ready by autograd's hook: the lookup's gradient comes
+    last."""
     return _fed_by_store(param) and not getattr(param, "weight_grad_also_autograd", False)
 
 
@@ -161,7 +161,7 @@ class GradSynchronizer:
         if _fed_by_store_only(param):
             return  # autograd's accumulation is empty; the gradient comes through accumulate_weight_grad
         if self.mixed:
-            self._add(param, param.grad)  # bf16/fp16 -> fp32 accumulation (a copy if nothing wrote it yet)
+            param.main_grad.add_(param.grad)  # bf16/fp16 -> fp32 accumulation
             param.grad = None
         self._mark_ready(param, self.sync_enabled)
 
@@ -259,13 +259,12 @@ class GradSynchronizer:
                 p.main_grad.copy_(total)
 
     def zero_grad(self) -> None:
-        """Zero every main gradient but the store-fed weights' (marked fresh: their first gradient is written by the
-        store's GEMM, before any other reaches them)."""
+        """Zero every main gradient but the store-fed weights' (marked fresh: their first gradient is written)."""
         self._fresh = {}
         for bucket in self.all_buckets():
             start = 0
             for p, offset in zip(bucket.params, bucket.offsets):
-                if _fed_by_store(p):
+                if _fed_by_store_only(p):
                     bucket.grad_data[start:offset].zero_()
                     start = offset + p.numel()
                     self._fresh[id(p)] = p

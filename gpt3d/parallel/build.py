@@ -32,8 +32,8 @@ def build_model_chunks(model_cfg: ModelConfig, parallel: ParallelConfig, ctx: Pa
         elif parallel.schedule in SPLIT_BACKWARD or parallel.gradient_accumulation_fusion:
             # linears whose weight gradient goes through a WeightGradStore: B/W-splittable, fused accumulation
             use_parallel_linears(stage, ctx.tp_group, parallel.sequence_parallel)
-            if parallel.gradient_accumulation_fusion:
-                use_store_fed_head(stage)
+        if parallel.gradient_accumulation_fusion:
+            use_store_fed_head(stage)
         if parallel.recompute == "full":
             stage.recompute_full = True
             stage.recompute_rng_context = rng

@@ -20,7 +20,6 @@ from gpt3d.model.cross_entropy import check_labels
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import ShardInfo
 from gpt3d.model.layers import Dropout, Embedding, LMHead, PaddedVocabBias
-from gpt3d.model.linear import linear as model_linear
 
 from . import comm
 from .context import Group
@@ -177,7 +176,7 @@ class VocabParallelLMHead(LMHead):
         hidden = comm.gather_from_sp(hidden, self.group) if self.sequence_parallel else comm.copy_to_tp(hidden,
                                                                                                           self.group)
         bias = self.pad_bias(hidden) if pad_bias else None
-        return model_linear(hidden, weight, bias, self.bf16_matmul, keep_fp32=True)
+        return self.project(hidden, weight, bias)
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Full logits (gathered: for inference and interop only; training never calls this)."""
@@ -218,8 +217,8 @@ def use_parallel_linears(stage: GPTStage, group: Group, sequence_parallel: bool)
     assert not missing, f"linears found per pattern {missing}, expected {len(stage.blocks)} each"
 
 
-class StoreFedLMHead(LMHead):
-    """The LM head (tp=1) with its weight gradient through a WeightGradStore, always at once (a zero-bubble schedule
+class _StoreFedProjection:
+    """An LM head's GEMM with its weight gradient through a WeightGradStore, always at once (a zero-bubble schedule
     defers only the blocks' linears): with gradient-accumulation fusion its GEMM writes the main gradient."""
 
     weight_grad_store: Optional[WeightGradStore] = None
@@ -228,12 +227,24 @@ class StoreFedLMHead(LMHead):
         return linear(hidden, weight, bias, self.weight_grad_store, self.bf16_matmul, keep_fp32=True, immediate=True)
 
 
+class StoreFedLMHead(_StoreFedProjection, LMHead):
+    """The LM head (tp=1), store-fed."""
+
+
+class StoreFedVocabParallelLMHead(_StoreFedProjection, VocabParallelLMHead):
+    """The vocabulary-parallel LM head (tp>1), store-fed: each rank's GEMM writes its rows of the weight gradient."""
+
+
+_STORE_FED = {LMHead: StoreFedLMHead, VocabParallelLMHead: StoreFedVocabParallelLMHead}
+
+
 def use_store_fed_head(stage: GPTStage) -> None:
-    """Make the stage's LM head (if it has one) a StoreFedLMHead: the same module state under the subclass, so
-    parameters, names and the state dict are unchanged."""
+    """Make the stage's LM head (if it has one; the model's or its vocabulary-parallel version) store-fed: the same
+    module state under the subclass, so parameters, names and the state dict are unchanged."""
     if stage.head is not None:
-        assert type(stage.head) is LMHead, f"expected the model's LMHead, found {type(stage.head).__name__}"
-        stage.head.__class__ = StoreFedLMHead
+        store_fed = _STORE_FED.get(type(stage.head))
+        assert store_fed is not None, f"expected an LMHead or VocabParallelLMHead, found {type(stage.head).__name__}"
+        stage.head.__class__ = store_fed
 
 
 def attach_weight_grad_store(chunks: list[nn.Module], store: Optional[WeightGradStore]) -> int:
@@ -246,7 +257,7 @@ def attach_weight_grad_store(chunks: list[nn.Module], store: Optional[WeightGrad
                 module.weight_grad_store = store
                 module.weight.weight_grad_by_store = store is not None  # autograd gives it none: the store does
                 count += 1
-        if isinstance(getattr(chunk, "head", None), StoreFedLMHead):
+        if isinstance(getattr(chunk, "head", None), _StoreFedProjection):
             chunk.head.weight_grad_store = store
             weight = chunk.head_weight()
             weight.weight_grad_by_store = store is not None

@@ -231,8 +231,10 @@ PARITY_JOBS: dict[str, tuple[int, list[str], int]] = {
     # gradients mark their parameters ready from B, or from the last W under a zero-bubble schedule.
     "1x1x2 gloo": (2, layout_overrides(1, 1, 2) + [GLOO], SHORT_STEPS),
     "1x2x2 zbh1 dist-opt gloo": (4, layout_overrides(1, 2, 2) + [ZBH1, DIST_OPT, GLOO], SHORT_STEPS),
-    # Gradient-accumulation fusion off: autograd's weight gradients, and the store's deferred ones added unfused.
+    # Gradient-accumulation fusion off: autograd's weight gradients, and the store's deferred ones added unfused;
+    # at tp2, the vocabulary-parallel head through autograd (fused, every tp > 1 layout above runs it store-fed).
     "1x2x2 zbv unfused": (4, layout_overrides(1, 2, 2) + [ZBV, UNFUSED], SHORT_STEPS),
+    "2x1x1 unfused": (2, layout_overrides(2, 1, 1) + [UNFUSED], SHORT_STEPS),
     "2x1x1": (2, layout_overrides(2, 1, 1), SHORT_STEPS),
     "1x2x1": (2, layout_overrides(1, 2, 1), SHORT_STEPS),
     "1x1x2": (2, layout_overrides(1, 1, 2), SHORT_STEPS),

@@ -29,11 +29,11 @@ class ParallelConfig:
     bucket_mb: float = field(25.0, doc="DP gradient bucket size in MB")
     gradient_accumulation_fusion: bool = field(
         True, doc="the blocks' linears and the LM head (each rank's vocabulary rows at tp>1) compute their weight "
-                  "gradient straight into the fp32 main gradient (one GEMM writing it for the step's first micro-batch, accumulating for the "
-                  "others; Megatron-LM's option of the same name) instead of a temporary that autograd adds into a "
-                  "zero-filled bucket. Where the weight-gradient GEMM runs in fp32 (fp32 weights, or bf16 through "
-                  "model.bf16_matmul=fp32) this also skips rounding each micro-batch's bf16 weight gradient; with a "
-                  "bf16 GEMM the bf16 result is added")
+                  "gradient straight into the fp32 main gradient (one GEMM writing it for the step's first "
+                  "micro-batch, accumulating for the others; Megatron-LM's option of the same name) instead of a "
+                  "temporary that autograd adds into a zero-filled bucket. Where the weight-gradient GEMM runs in fp32 "
+                  "(fp32 weights, or bf16 through model.bf16_matmul=fp32) this also skips rounding each micro-batch's "
+                  "bf16 weight gradient; with a bf16 GEMM the bf16 result is added")
     comm_timeout_s: float = field(300.0, doc="collective timeout; on expiry each rank reports where it was and exits")
     backend: Literal["auto", "gloo", "nccl"] = field("auto", doc="torch.distributed backend; auto = nccl on GPU")
     cpu_collectives: Literal["auto", "gloo"] = field(

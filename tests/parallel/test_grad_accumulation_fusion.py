@@ -119,7 +119,9 @@ def test_a_tied_embedding_sums_the_fused_head_and_the_lookup(dtype):
     gradient that zero_grad zeroes as usual. Against the unfused run, where autograd sums both: fp32 agrees to fp32
     rounding of the summation order; bf16 differs by the bf16 rounding of the head's weight gradient, which fusion
     skips (2^-9 relative per micro-batch term, so 1e-2 of the largest element bounds it)."""
-    overrides = [f"train.dtype={dtype}", "optim.grad_clip=0.0"] + (["model.bf16_matmul=fp32"] if dtype == "bf16" else [])
+    overrides = [f"train.dtype={dtype}", "optim.grad_clip=0.0"]
+    if dtype == "bf16":
+        overrides.append("model.bf16_matmul=fp32")
     fused, _ = _trainer(overrides)
     tied = fused.chunks[0].embed.tok.weight
     assert fused.chunks[0].head_weight() is tied and tied.weight_grad_also_autograd

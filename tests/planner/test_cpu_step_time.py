@@ -210,7 +210,7 @@ def test_step_time_matches_train_runs(tmp_path):
     rows = remeasure_disputed(rows, tmp_path)
     if any(run.note for _, run, _ in rows):
         report += f"\n{RERUN_NOTE}:\n{table(rows)}"
-    for name in off_by_factor(rows):
-        raise AssertionError(f"{name}: prediction off by over {FACTOR}x\n{report}")
-    for faster, slower in contradicted_pairs(rows):
-        raise AssertionError(f"measured {faster} faster than {slower}, predicted the reverse\n{report}")
+    off = off_by_factor(rows)
+    assert not off, f"{', '.join(off)}: prediction off by over {FACTOR}x\n{report}"
+    reversed_pairs = contradicted_pairs(rows)
+    assert not reversed_pairs, (f"measured faster but predicted slower (faster, slower): {reversed_pairs}\n{report}")

@@ -43,8 +43,9 @@ class ModelConfig:
                     "otherwise and on every GPU (gpt3d/model/ops.py)")
     bf16_matmul: Literal["auto", "bf16", "fp32"] = field(
         "auto", doc="bf16 linear layers on a CPU: bf16 = torch's bf16 GEMM; fp32 = the same product as an fp32 GEMM "
-                    "rounded once to bf16 (faster on CPUs without AMX); auto = fp32 on a CPU without AMX-BF16, else "
-                    "bf16 (gpt3d/model/linear.py). Other dtypes and GPUs are unaffected")
+                    "rounded once to bf16 (faster on Intel CPUs without AMX); auto = bf16 with AMX-BF16, or with "
+                    "AVX512-BF16 on a non-Intel CPU (AMD Zen 4/5), else fp32 (gpt3d/model/linear.py). Other dtypes "
+                    "and GPUs are unaffected")
     kernels: Literal["auto", "fused", "reference"] = field(
         "auto", doc="auto = each fused csrc/ kernel only where it beats PyTorch eager on this CPU path (a per-ISA table, "
                     "gpt3d/kernels/_select.py), else PyTorch; fused = csrc/ kernels when built (falls back to reference "

@@ -2,14 +2,20 @@
 
 A bf16 GEMM accumulates in fp32 and rounds the result once to bf16. Casting both bf16 operands to fp32 (exact), running
 an fp32 GEMM and rounding the result once computes the same quantity; only the order of the fp32 additions differs.
-On CPUs without AMX, torch's bf16 GEMM is slower than its fp32 GEMM: on an AVX512-BF16 Xeon, [2048x512]x[512x1536]
-took 73 ms in bf16 and 40 ms through fp32 including the casts (one thread, docs/benchmarks.md). On a CPU without
-AVX512-BF16 (AVX2) torch emulates bf16 products, slower still. With AMX, torch's bf16 GEMM is the fast one.
+Which is faster depends on the CPU, through the two libraries torch calls (docs/precision.md has the numbers):
+- Intel without AMX: MKL's fp32 GEMM runs at full AVX-512 width and torch's bf16 GEMM (oneDNN) is slower. On an
+  AVX512-BF16 Xeon, [2048x512]x[512x1536] took 73 ms in bf16 and 40 ms through fp32 including the casts (one thread).
+- AMD with AVX512-BF16 (Zen 4, Zen 5): MKL takes its non-Intel code path, and oneDNN's bf16 GEMM is the fast one. On
+  an EPYC (Zen 5) the same product took 6.7 ms in bf16 and 31 ms through fp32 (one thread).
+- Any CPU without AVX512-BF16 or AMX: oneDNN emulates bf16 products, far slower than fp32 (1.2 s against 31 ms with
+  oneDNN held to AVX2 on that EPYC).
+- AMX-BF16: torch's bf16 GEMM runs on the tiles, the fast one.
 
     bf16_matmul: "bf16"  torch's bf16 GEMM
                  "fp32"  the fp32 GEMM for bf16 CPU tensors (forward, input gradient and weight gradient); the
                          backward keeps the bf16 operands, not fp32 copies, so activation memory stays bf16
-                 "auto"  "fp32" on a CPU without AMX-BF16 (Linux /proc/cpuinfo flags), else "bf16"
+                 "auto"  "bf16" on a CPU with AMX-BF16, or with AVX512-BF16 from a vendor other than Intel (Linux
+                         /proc/cpuinfo flags and vendor_id); else "fp32"
 Other dtypes and devices always take torch's own GEMM.
 """
 from __future__ import annotations
@@ -21,19 +27,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt3d.cpuinfo import cpu_info
+
 BF16_MATMUL = ("auto", "bf16", "fp32")
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_amx_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
+def torch_bf16_gemm_is_faster() -> bool:
+    """Whether torch's bf16 GEMM beats the fp32 route on this CPU (see the module docstring): AMX-BF16, or AVX512-BF16
+    when MKL's fp32 GEMM does not take its Intel code path."""
+    info = cpu_info()
+    return bf16_gemm_beats_fp32(info.flags, info.vendor)
+
+
+def bf16_gemm_beats_fp32(flags: frozenset[str] | set[str], vendor: str) -> bool:
+    """The rule of torch_bf16_gemm_is_faster for these /proc/cpuinfo flags and vendor id."""
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor not in ("", "GenuineIntel"))
 
 
 def in_fp32(x: torch.Tensor, mode: str) -> bool:
@@ -44,7 +53,7 @@ def in_fp32(x: torch.Tensor, mode: str) -> bool:
         return True
     if mode != "auto":
         raise ValueError(f"model.bf16_matmul must be one of {BF16_MATMUL}, got {mode!r}")
-    return not cpu_has_amx_bf16()
+    return not torch_bf16_gemm_is_faster()
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, fp32: bool) -> torch.Tensor:

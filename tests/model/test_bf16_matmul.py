@@ -13,7 +13,7 @@ import torch
 from gpt3d.config import load_config
 from gpt3d.config.base import ConfigError
 from gpt3d.config.model import ModelConfig
-from gpt3d.model.linear import BF16_MATMUL, cpu_has_amx_bf16, in_fp32, linear
+from gpt3d.model.linear import BF16_MATMUL, bf16_gemm_beats_fp32, in_fp32, linear, torch_bf16_gemm_is_faster
 
 
 def _bf16_ulps(got: torch.Tensor, exact: torch.Tensor) -> float:
@@ -62,7 +62,7 @@ def test_which_gemm_runs():
     bf16, fp32 = torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2)
     assert in_fp32(bf16, "fp32") and not in_fp32(bf16, "bf16")
     assert not in_fp32(fp32, "fp32") and not in_fp32(fp32, "auto")  # other dtypes: torch's own GEMM
-    assert in_fp32(bf16, "auto") == (not cpu_has_amx_bf16())  # AMX makes torch's bf16 GEMM the fast one
+    assert in_fp32(bf16, "auto") == (not torch_bf16_gemm_is_faster())
     with pytest.raises(ValueError, match=r"model.bf16_matmul must be one of \('auto', 'bf16', 'fp32'\), got 'tf32'"):
         in_fp32(bf16, "tf32")
     assert BF16_MATMUL == ("auto", "bf16", "fp32")
@@ -106,3 +106,15 @@ def test_a_bf16_model_step_is_the_same_either_way(split_backward):
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=2e-2, atol=2e-2 * grads_a[name].abs().max().item(),
                                    msg=name)
+
+
+@pytest.mark.parametrize("flags, vendor, bf16_gemm", [
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, "GenuineIntel", True),  # AMX tiles
+    ({"avx512f", "avx512_bf16"}, "GenuineIntel", False),  # Xeon, no AMX: MKL's fp32 GEMM is faster (73 vs 40 ms)
+    ({"avx512f", "avx512_bf16"}, "AuthenticAMD", True),  # EPYC Zen 5: MKL's non-Intel path (6.7 vs 31 ms)
+    ({"avx2", "fma"}, "AuthenticAMD", False),  # no bf16 dot product: oneDNN emulates it (1.2 s vs 31 ms)
+    ({"avx512f", "avx512_bf16"}, "", False),  # vendor unknown: the fp32 route, right on every CPU but AMD's
+])
+def test_auto_gemm_rule(flags, vendor, bf16_gemm):
+    """model.bf16_matmul=auto per CPU; the times are [2048x512]x[512x1536], one thread (gpt3d/model/linear.py)."""
+    assert bf16_gemm_beats_fp32(flags, vendor) == bf16_gemm

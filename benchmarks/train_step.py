@@ -8,13 +8,17 @@ default foreach/for-loop AdamW is slower), bf16 via autocast. gpt3d runs with mo
 the hardware peak (cores x clock x FLOPs/cycle, gpt3d/profiler/cpu_peak.py), the fraction of a GEMM rate measured in
 the same run ("of GEMM", not an MFU), the speed ratio over Hugging Face, and over gpt3d with the reference kernels
 (fused / auto must be >= 1.00x there). In bf16 a fifth run, "gpt3d bf16 GEMM", is gpt3d auto with
-model.bf16_matmul=bf16 (torch's bf16 GEMMs), to show what auto's choice of GEMM (gpt3d/model/linear.py) is worth. Usage:
+model.bf16_matmul=bf16 (torch's bf16 GEMMs), to show what auto's choice of GEMM (gpt3d/model/linear.py) is worth. In
+fp32, where gpt3d's fp32 GEMMs go to oneDNN (gpt3d/model/gemm.py: AMD CPUs with AVX-512, where MKL runs its non-Intel
+path), "gpt3d torch GEMM" is gpt3d auto with torch's own fp32 GEMM, the one Hugging Face runs: the library's share
+of the ratio. "of GEMM" is against the fastest GEMM route measured. Usage:
     python benchmarks/train_step.py [--layers 6 --d-model 512 --heads 8 --seq 512 --batch 4 --steps 9 --quick]
                                     [--dtype fp32|bf16|both]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 
 from gpt3d.config import load_config
+from gpt3d.model import gemm
 from gpt3d.model.flops import megatron_model_flops
 from gpt3d.profiler.cpu_peak import cpu_peak_tflops
 from gpt3d.train.runtime import init_runtime
@@ -32,16 +37,41 @@ from gpt3d.train.trainer import Trainer
 ROUNDS = 3  # alternate gpt3d and HF rounds; each side's best round median is reported (a shared machine is noisy)
 
 
-def gemm_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best measured n x n GEMM rate: a reference point, not a hardware peak."""
+def gemm_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> tuple[float, str]:
+    """(the best measured n x n GEMM rate of the routes this machine offers for `dtype`, its name): a reference point,
+    not a hardware peak. The routes: torch's GEMM, and gpt3d's fp32 library (gpt3d/model/gemm.py) on fp32 operands or
+    on bf16 ones cast to fp32 (model.bf16_matmul's fp32 route)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / min(times) / 1e12
+    routes = {f"torch {str(dtype).replace('torch.', '')} GEMM": lambda: torch.mm(a, b)}
+    if dtype == torch.float32 and gemm.fp32_gemm_library() != "torch":
+        routes[f"{gemm.fp32_gemm_library()} float32 GEMM"] = lambda: gemm.mm(a, b)
+    if dtype == torch.bfloat16:
+        routes[f"{gemm.fp32_gemm_library()} float32 GEMM on casts"] = lambda: gemm.mm(a.float(), b.float()).to(dtype)
+    rates = {}
+    for name, run in routes.items():
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        rates[name] = 2 * n ** 3 / min(times) / 1e12
+    best = max(rates, key=rates.get)
+    return rates[best], best
+
+
+def with_fp32_gemm(library: str, step):
+    """`step` run with GPT3D_FP32_GEMM=`library` (gpt3d/model/gemm.py reads it once per process: re-read around)."""
+    def run():
+        old = os.environ.get("GPT3D_FP32_GEMM")
+        os.environ["GPT3D_FP32_GEMM"] = library
+        gemm.fp32_gemm_library.cache_clear()
+        try:
+            step()
+        finally:
+            os.environ.pop("GPT3D_FP32_GEMM") if old is None else os.environ.__setitem__("GPT3D_FP32_GEMM", old)
+            gemm.fp32_gemm_library.cache_clear()
+    return run
 
 
 def time_steps(step, steps: int) -> float:
@@ -110,12 +140,14 @@ def main() -> None:
     for dtype in (("fp32", "bf16") if args.dtype == "both" else (args.dtype,)):
         torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
         peak, _ = cpu_peak_tflops(torch_dtype, threads)
-        gemm = gemm_peak_tflops(torch_dtype)
+        gemm_rate, gemm_route = gemm_peak_tflops(torch_dtype)
         runs = {}
         for kernels in ("auto", "fused", "reference"):
             cfg, runs[f"gpt3d {kernels}"] = gpt3d_step_fn(args, dtype, batch, kernels)
         if dtype == "bf16":  # the bf16_matmul lever on its own: torch's bf16 GEMMs instead of auto's choice
             _, runs["gpt3d bf16 GEMM"] = gpt3d_step_fn(args, dtype, batch, "auto", "bf16")
+        if dtype == "fp32" and gemm.fp32_gemm_library() != "torch":  # the fp32 GEMM library lever on its own
+            runs["gpt3d torch GEMM"] = with_fp32_gemm("torch", gpt3d_step_fn(args, dtype, batch, "auto")[1])
         runs["hf (fused AdamW)"] = hf_step_fn(args, dtype, batch)
         flops = megatron_model_flops(cfg.model, args.batch, args.seq)
         tokens = args.batch * args.seq
@@ -129,8 +161,8 @@ def main() -> None:
             t = min(ts)
             tflops = flops / t / 1e12
             print(f"{dtype:6} {name:15} {t * 1e3:9.1f} {tokens / t:10.0f} {tflops:8.3f} {tflops / peak:6.1%} "
-                  f"{tflops / gemm:8.1%}  {t_hf / t:.2f}x  {t_ref / t:.2f}x")
-        print(f"{dtype}: hardware peak {peak:.3f} TFLOP/s, measured {torch_dtype} GEMM {gemm:.3f} TFLOP/s")
+                  f"{tflops / gemm_rate:8.1%}  {t_hf / t:.2f}x  {t_ref / t:.2f}x")
+        print(f"{dtype}: hardware peak {peak:.3f} TFLOP/s; best measured GEMM ({gemm_route}) {gemm_rate:.3f} TFLOP/s")
 
 
 if __name__ == "__main__":

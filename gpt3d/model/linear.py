@@ -24,10 +24,11 @@ import functools
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gpt3d.cpuinfo import cpu_info
+
+from . import gemm
 
 BF16_MATMUL = ("auto", "bf16", "fp32")
 
@@ -57,8 +58,9 @@ def in_fp32(x: torch.Tensor, mode: str) -> bool:
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, fp32: bool) -> torch.Tensor:
-    """a @ b; with fp32, as an fp32 GEMM rounded once to a's dtype."""
-    return (a.float() @ b.float()).to(a.dtype) if fp32 else a @ b
+    """a @ b (no autograd); with fp32, as an fp32 GEMM rounded once to a's dtype. fp32 GEMMs go to the process's
+    library (gpt3d/model/gemm.py)."""
+    return gemm.mm(a.float(), b.float()).to(a.dtype) if fp32 else gemm.mm(a, b)
 
 
 def weight_gradient(inputs: torch.Tensor, grad_output: torch.Tensor, fp32: bool = False) -> torch.Tensor:
@@ -74,14 +76,14 @@ class _LinearInFp32(torch.autograd.Function):
     def forward(ctx, x, weight, bias, keep_fp32: bool):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+        out = gemm.linear(x.float(), weight.float(), None if bias is None else bias.float())
         return out if keep_fp32 else out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
         grad = grad_output.float()  # fp32 already when the output was kept in fp32: it is not rounded
-        grad_input = (grad @ weight.float()).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_input = gemm.mm(grad, weight.float()).to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
             grad_weight = weight_gradient(x.float(), grad).to(weight.dtype)
@@ -97,7 +99,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
     output head: its logits go into an fp32 loss anyway, and rounding them to bf16 and back costs two passes)."""
     if in_fp32(x, mode):
         return _LinearInFp32.apply(x, weight, bias, keep_fp32)
-    return F.linear(x, weight, bias)
+    return gemm.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):

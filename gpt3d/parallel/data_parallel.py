@@ -10,8 +10,9 @@ into the fp32 `main_grad` and frees it, so micro-batches accumulate in fp32.
 The blocks' linear weights, and with gradient-accumulation fusion the LM head's, take their gradient from a
 WeightGradStore instead of autograd (gpt3d/parallel/weight_grad.py: a zero-bubble schedule's deferred W step, or
 fusion): `accumulate_weight_grad` runs the weight-gradient GEMM. Fused, its output is the main gradient itself
-(`torch.mm(out=)` for the step's first contribution, `addmm_` after it), so these weights, nearly all of a GPT's, are
-neither zero-filled per step nor added from a temporary; zero_grad marks them "fresh" instead, and a weight still
+(written by the step's first contribution, accumulated after it; with oneDNN's fp32 GEMM, gpt3d/model/gemm.py, its
+result is copied or added), so these weights, nearly all of a GPT's, are neither zero-filled per step nor added
+from a temporary; zero_grad marks them "fresh" instead, and a weight still
 fresh when the step's reductions start (no gradient reached it) is zeroed then. Unfused, the GEMM's result is added
 (copied when fresh). A head tied to the same stage's embedding is the exception: the lookup's gradient still comes
 through autograd, after the head's, so that weight is zero-filled as usual and counted ready by autograd's hook.
@@ -45,6 +46,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from gpt3d.model import gemm
 from gpt3d.model.linear import matmul
 
 from . import comm
@@ -175,10 +177,7 @@ class GradSynchronizer:
         main = param.main_grad
         if self.fuse_weight_grads and (fp32 or go.dtype == torch.float32):
             go, x = go.float(), x.float()  # exact: the GEMM the unfused path runs, without rounding its result
-            if self._fresh.pop(id(param), None) is not None:
-                torch.mm(go, x, out=main)
-            else:
-                main.addmm_(go, x)
+            gemm.mm_into(main, go, x, accumulate=self._fresh.pop(id(param), None) is None)
         else:
             self._add(param, matmul(go, x, fp32))
         if _fed_by_store_only(param):

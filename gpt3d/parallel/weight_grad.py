@@ -16,6 +16,7 @@ from typing import Callable, Hashable, Optional
 import torch
 from torch import nn
 
+from gpt3d.model import gemm
 from gpt3d.model.linear import in_fp32, matmul, weight_gradient
 from gpt3d.model.linear import linear as model_linear
 
@@ -97,7 +98,7 @@ class _SplitLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         if ctx.unrounded:  # as gpt3d.model.linear's fp32 route: the GEMMs take the fp32 gradient as it is
             grad_output = grad_output.float()
-            grad_input = (grad_output @ w.float()).to(x.dtype) if ctx.needs_input_grad[0] else None
+            grad_input = gemm.mm(grad_output, w.float()).to(x.dtype) if ctx.needs_input_grad[0] else None
         else:
             grad_output = grad_output.to(w.dtype)
             grad_input = matmul(grad_output, w, ctx.fp32) if ctx.needs_input_grad[0] else None

@@ -39,7 +39,8 @@ class ModelConfig:
                     "scaled causal softmax (or its reference when kernels: reference), Megatron's formulation; "
                     "blocked = the same explicit scores computed and saved only for the key blocks each query block "
                     "sees (no attention dropout); auto = blocked on a CPU for fp32 sequences up to 1024 (512 without "
-                    "gradients) with the fused softmax and without attention dropout or packing (faster there), sdpa "
+                    "gradients), and bf16 ones up to 1024 where torch's bf16 GEMM is fast (model.bf16_matmul), "
+                    "with the fused softmax and without attention dropout or packing (faster there), sdpa "
                     "otherwise and on every GPU (gpt3d/model/ops.py)")
     bf16_matmul: Literal["auto", "bf16", "fp32"] = field(
         "auto", doc="bf16 linear layers on a CPU: bf16 = torch's bf16 GEMM; fp32 = the same product as an fp32 GEMM "

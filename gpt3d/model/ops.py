@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .linear import torch_bf16_gemm_is_faster
+
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
     from gpt3d import kernels
@@ -26,13 +28,27 @@ def gelu(x: torch.Tensor, activation: str, impl: str) -> torch.Tensor:
     return F.gelu(x)
 
 
-# model.dense_attention "auto" takes the blocked explicit core up to these lengths on a CPU (fp32, no dropout, no
-# packing mask): there its batched GEMMs beat torch's fused attention. Measured, one thread (docs/benchmarks.md):
-# forward + backward 1.45-1.6x at 512, 1.16-1.2x at 1024, about even at 2048 (where the saved probabilities, b h s^2 / 2
-# values a layer, are not worth it); forward alone 1.25x at 512 but 0.89x at 1024, hence the shorter limit when no
-# gradient is needed (evaluation, scoring).
+# model.dense_attention "auto" takes the blocked explicit core up to these lengths on a CPU (no dropout, no packing
+# mask), where its batched GEMMs beat torch's fused attention. Measured, one thread (docs/benchmarks.md):
+# - fp32 (Intel Xeon): forward + backward 1.45-1.6x at 512, 1.16-1.2x at 1024, about even at 2048 (where the saved
+#   probabilities, b h s^2 / 2 values a layer, are not worth it); forward alone 1.25x at 512 but 0.89x at 1024, hence
+#   the shorter limit when no gradient is needed (evaluation, scoring).
+# - bf16, only where torch's bf16 GEMM is the fast one (gpt3d/model/linear.py; elsewhere the blocks' bf16 bmm would
+#   be slow): on an AMD EPYC (Zen 5) forward 1.57-2.21x at 512 and 1.65x at 1024, forward + backward 2.8-3.0x at 512
+#   and 1.7x at 1024 and 2048, so the training limit holds with or without a gradient.
 AUTO_BLOCKED_MAX_SEQ = 1024
 AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY = 512
+
+
+def _blocked_max_seq(q: torch.Tensor) -> int:
+    """auto's longest sequence for the blocked core (0: never) for this query tensor."""
+    if q.device.type != "cpu":
+        return 0
+    if q.dtype == torch.float32:
+        return AUTO_BLOCKED_MAX_SEQ if q.requires_grad else AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY
+    if q.dtype == torch.bfloat16 and torch_bf16_gemm_is_faster():
+        return AUTO_BLOCKED_MAX_SEQ
+    return 0
 
 
 def resolve_dense_core(core: str, q: torch.Tensor, dropout_p: float, mask: torch.Tensor | None,
@@ -43,9 +59,8 @@ def resolve_dense_core(core: str, q: torch.Tensor, dropout_p: float, mask: torch
     if core != "auto":
         return core
     from gpt3d.kernels.causal_attention import takes_fused_softmax
-    limit = AUTO_BLOCKED_MAX_SEQ if q.requires_grad else AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY
-    blocked = (q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[-2] <= limit and dropout_p == 0
-               and mask is None and takes_fused_softmax(q, impl))
+    blocked = (q.shape[-2] <= _blocked_max_seq(q) and dropout_p == 0 and mask is None
+               and takes_fused_softmax(q, impl))
     return "blocked" if blocked else "sdpa"
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from gpt3d import kernels
 from gpt3d.config import ConfigError, ModelConfig
+from gpt3d.model.linear import torch_bf16_gemm_is_faster
 from gpt3d.model.ops import AUTO_BLOCKED_MAX_SEQ, AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY, resolve_dense_core
 from gpt3d.planner.sparsity import blocked_score_fraction
 
@@ -77,7 +78,7 @@ def test_bad_input_is_one_clear_error():
         kernels.block_causal_attention(q.long(), q.long(), q.long(), 0.5)
 
 
-def test_auto_takes_the_blocked_core_only_for_short_fp32_cpu_attention():
+def test_auto_takes_the_blocked_core_only_for_short_cpu_attention_in_fp32_or_fast_bf16():
     q = torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ, 8, requires_grad=True)  # training: a gradient will be needed
     mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
     assert resolve_dense_core("auto", q, 0.0, None) == "blocked"
@@ -86,7 +87,14 @@ def test_auto_takes_the_blocked_core_only_for_short_fp32_cpu_attention():
     # forward only (evaluation): the blocked forward is faster only up to the shorter limit
     assert resolve_dense_core("auto", q.detach()[..., :AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY, :], 0.0, None) == "blocked"
     assert resolve_dense_core("auto", q.detach()[..., :AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY + 1, :], 0.0, None) == "sdpa"
-    assert resolve_dense_core("auto", q.bfloat16(), 0.0, None) == "sdpa"
+    # bf16: blocked only where torch's bf16 GEMM is the fast one (its bmm), and then up to the training limit
+    fast_bf16 = torch_bf16_gemm_is_faster()
+    q16 = q.detach().bfloat16()
+    assert resolve_dense_core("auto", q16, 0.0, None) == ("blocked" if fast_bf16 else "sdpa")
+    assert resolve_dense_core("auto", q16.requires_grad_(), 0.0, None) == ("blocked" if fast_bf16 else "sdpa")
+    assert resolve_dense_core("auto", torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ + 1, 8, dtype=torch.bfloat16), 0.0,
+                              None) == "sdpa"
+    assert resolve_dense_core("auto", q.half(), 0.0, None) == "sdpa"
     assert resolve_dense_core("auto", q, 0.1, None) == "sdpa"
     assert resolve_dense_core("auto", q[..., :4, :], 0.0, mask) == "sdpa"
     assert resolve_dense_core("auto", q, 0.0, None, impl="reference") == "sdpa"  # torch's softmax per block: slower

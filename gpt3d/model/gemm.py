@@ -90,7 +90,8 @@ class _OneDnnLinear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear, by the process's fp32 GEMM library (autograd included)."""
-    if _onednn(x, weight):
+    """F.linear, by the process's fp32 GEMM library (autograd included). Under CPU autocast it is F.linear, which
+    autocast casts to its lower precision."""
+    if _onednn(x, weight) and not torch.is_autocast_enabled("cpu"):
         return _OneDnnLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -79,3 +79,12 @@ def test_environment_choice():
     bad = _library("mkl")
     assert bad.returncode != 0
     assert "GPT3D_FP32_GEMM must be one of ('auto', 'torch', 'onednn'), got 'mkl' (unset it for auto)" in bad.stderr
+
+
+def test_autocast_keeps_torchs_linear(monkeypatch):
+    """Under CPU autocast F.linear computes in bf16; the oneDNN fp32 route must not bypass that."""
+    monkeypatch.setattr(gemm, "fp32_gemm_library", lambda: "onednn")
+    x, w = torch.randn(8, 16), torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gemm.linear(x, w, None).dtype == torch.bfloat16
+    assert gemm.linear(x, w, None).dtype == torch.float32

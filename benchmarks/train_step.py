@@ -69,7 +69,10 @@ def with_fp32_gemm(library: str, step):
         try:
             step()
         finally:
-            os.environ.pop("GPT3D_FP32_GEMM") if old is None else os.environ.__setitem__("GPT3D_FP32_GEMM", old)
+            if old is None:
+                del os.environ["GPT3D_FP32_GEMM"]
+            else:
+                os.environ["GPT3D_FP32_GEMM"] = old
             gemm.fp32_gemm_library.cache_clear()
     return run
 

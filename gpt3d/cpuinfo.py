@@ -14,6 +14,12 @@ class CpuInfo:
     family: int  # "cpu family" (AMD: 0x19 Zen 3/4, 0x1a Zen 5); 0 when absent
 
 
+def mkl_takes_its_non_intel_path(vendor: str) -> bool:
+    """MKL (torch's fp32 GEMM on x86) runs its fast AVX-512 code only on CPUs whose vendor id says Intel; elsewhere it
+    stops at AVX2. An unknown vendor ("") is taken as Intel: the route that is right everywhere but on AMD."""
+    return vendor not in ("", "GenuineIntel")
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
     fields: dict[str, str] = {}

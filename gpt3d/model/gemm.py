@@ -19,14 +19,14 @@ import os
 import torch
 import torch.nn.functional as F
 
-from gpt3d.cpuinfo import cpu_info
+from gpt3d.cpuinfo import cpu_info, mkl_takes_its_non_intel_path
 
 FP32_GEMM = ("auto", "torch", "onednn")
 
 
 def onednn_beats_mkl(flags: frozenset[str] | set[str], vendor: str) -> bool:
     """auto's rule for these /proc/cpuinfo flags and vendor id."""
-    return "avx512f" in flags and vendor not in ("", "GenuineIntel")
+    return "avx512f" in flags and mkl_takes_its_non_intel_path(vendor)
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,7 +63,10 @@ def mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: boo
     copied or added: a pass over `out`, small beside the GEMM)."""
     if _onednn(a, b):
         product = _onednn_linear(a, b.t(), None)
-        out.add_(product) if accumulate else out.copy_(product)
+        if accumulate:
+            out.add_(product)
+        else:
+            out.copy_(product)
     elif accumulate:
         out.addmm_(a, b)
     else:

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from gpt3d.cpuinfo import cpu_info
+from gpt3d.cpuinfo import cpu_info, mkl_takes_its_non_intel_path
 
 from . import gemm
 
@@ -43,7 +43,7 @@ def torch_bf16_gemm_is_faster() -> bool:
 
 def bf16_gemm_beats_fp32(flags: frozenset[str] | set[str], vendor: str) -> bool:
     """The rule of torch_bf16_gemm_is_faster for these /proc/cpuinfo flags and vendor id."""
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor not in ("", "GenuineIntel"))
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and mkl_takes_its_non_intel_path(vendor))
 
 
 def in_fp32(x: torch.Tensor, mode: str) -> bool:

@@ -51,10 +51,24 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def _onednn_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b as oneDNN's x W^T. Its x must be contiguous (torch copies it otherwise); W may have any strides. A weight
+    gradient dy^T x has a = dy^T, a transposed view of [tokens, out]: as x it would be copied whole (the output head's
+    [2048, 50304] gradient: a 412 MB transposed copy, 12% of a 6-layer fp32 step). Where that copy is the larger one,
+    the product is taken as (b^T a^T)^T instead, which copies b^T ([in, tokens]) and returns a transposed view,
+    read once more by whoever consumes it (autograd's accumulation, or mm_into's copy or add)."""
+    if a.dim() == 2 and b.is_contiguous() and a.t().is_contiguous() and not a.is_contiguous():
+        out_dim, tokens, in_dim = a.shape[0], a.shape[1], b.shape[1]
+        if out_dim * tokens > in_dim * tokens + in_dim * out_dim:
+            return _onednn_linear(b.t(), a, None).t()
+    return _onednn_linear(a, b.t(), None)
+
+
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for 2-D b (a may have leading dimensions); no autograd through the oneDNN route."""
+    """a @ b for 2-D b (a may have leading dimensions); no autograd through the oneDNN route. The result may be a
+    transposed view (see _onednn_product)."""
     if _onednn(a, b):
-        return _onednn_linear(a, b.t(), None)
+        return _onednn_product(a, b)
     return a @ b
 
 
@@ -62,7 +76,7 @@ def mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: boo
     """out = a @ b, or out += a @ b when `accumulate` (2-D; torch's GEMM writes `out` in place, oneDNN's result is
     copied or added: a pass over `out`, small beside the GEMM)."""
     if _onednn(a, b):
-        product = _onednn_linear(a, b.t(), None)
+        product = _onednn_product(a, b)
         if accumulate:
             out.add_(product)
         else:

@@ -50,6 +50,20 @@ def test_mm_into_writes_or_adds(monkeypatch, accumulate):
     _close(out, exact, expected)
 
 
+@needs_onednn
+@pytest.mark.parametrize("out_dim, in_dim, transposed", [(1024, 64, True), (64, 1024, False), (256, 256, False)])
+def test_weight_gradient_orientation(monkeypatch, out_dim, in_dim, transposed):
+    """dy^T x with many more outputs than inputs is taken as (x^T dy)^T, which copies x^T rather than dy^T (the output
+    head's gradient), and is returned as a transposed view; otherwise as it is. Both match the fp64 product."""
+    monkeypatch.setattr(gemm, "fp32_gemm_library", lambda: "onednn")
+    torch.manual_seed(2)
+    dy, x = torch.randn(512, out_dim), torch.randn(512, in_dim)
+    product = gemm.mm(dy.t(), x)
+    assert product.shape == (out_dim, in_dim)
+    assert product.is_contiguous() != transposed
+    _close(product, dy.double().t() @ x.double(), dy.t() @ x)
+
+
 def test_other_dtypes_take_torch(monkeypatch):
     monkeypatch.setattr(gemm, "fp32_gemm_library", lambda: "onednn")
     a, b = torch.randn(8, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)

@@ -7,7 +7,8 @@ fp32 and bf16, on 2 ranks:
     layout pp2: gpt3d | megatron-core (1F1B) | DeepSpeed PipelineModule (HF GPT-2 blocks)
 
 Everything else is equal: AdamW (lr 1e-3, betas 0.9/0.95, eps 1e-8, no weight decay, no clipping, constant lr), no
-dropout, untied output head, GELU tanh, one thread per rank; global batch 4 (micro-batches of 2 at dp2/tp2, of 1 at
+dropout, untied output head, GELU tanh, one thread per rank, freed memory kept in each rank's heap (gpt3d/heap.py's
+malloc settings, applied to every framework's ranks alike); global batch 4 (micro-batches of 2 at dp2/tp2, of 1 at
 pp2: 4 micro-batches in flight). Printed per run: tokens/s (global batch tokens / median step time, the first step
 excluded), peak RSS per rank, the loss of the last step, and gpt3d's speed over the peer. Losses must agree with
 gpt3d's within LOSS_TOLERANCE (relative): a run outside it is marked DIFFERS. With --repeat N each layout's frameworks

@@ -11,7 +11,9 @@ the same run ("of GEMM", not an MFU), the speed ratio over Hugging Face, and ove
 model.bf16_matmul=bf16 (torch's bf16 GEMMs), to show what auto's choice of GEMM (gpt3d/model/linear.py) is worth. In
 fp32, where gpt3d's fp32 GEMMs go to oneDNN (gpt3d/model/gemm.py: AMD CPUs with AVX-512, where MKL runs its non-Intel
 path), "gpt3d torch GEMM" is gpt3d auto with torch's own fp32 GEMM, the one Hugging Face runs: the library's share
-of the ratio. "of GEMM" is against the fastest GEMM route measured. Usage:
+of the ratio. "of GEMM" is against the fastest GEMM route measured. Every run shares this process and so its malloc
+settings: gpt3d's CPU runtime keeps freed memory in the heap (gpt3d/heap.py), applied here before any run, so that
+Hugging Face's step reuses its pages too (GPT3D_MALLOC=system runs both with glibc's defaults). Usage:
     python benchmarks/train_step.py [--layers 6 --d-model 512 --heads 8 --seq 512 --batch 4 --steps 9 --quick]
                                     [--dtype fp32|bf16|both]
 """
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from gpt3d.config import load_config
+from gpt3d.heap import keep_freed_memory
 from gpt3d.model import gemm
 from gpt3d.model.flops import megatron_model_flops
 from gpt3d.profiler.cpu_peak import cpu_peak_tflops
@@ -133,11 +136,12 @@ def main() -> None:
     if args.quick:
         args.layers, args.seq, args.steps = 2, 128, 3
     warnings.filterwarnings("ignore")
+    heap = "freed memory kept in the heap" if keep_freed_memory() else "glibc's default malloc settings"
     torch.manual_seed(0)
     batch = np.random.default_rng(0).integers(0, 50257, size=(args.batch, args.seq + 1)).astype(np.int64)
     threads = torch.get_num_threads()
     print(f"config: {args.layers} layers, d {args.d_model}, {args.heads} heads, seq {args.seq}, batch {args.batch}; "
-          f"{threads} threads; {cpu_peak_tflops(torch.float32, threads)[1]}")
+          f"{threads} threads; {cpu_peak_tflops(torch.float32, threads)[1]}; every run: {heap}")
     print(f"{'dtype':6} {'run':15} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'of GEMM':>8}  x HF  "
           f"x gpt3d reference")
     for dtype in (("fp32", "bf16") if args.dtype == "both" else (args.dtype,)):

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import torch
 
+from gpt3d.heap import keep_freed_memory
+
 SEED = 1234  # gpt3d's train.seed: its layout-independent init is the initial weights every framework starts from
 
 
@@ -36,6 +38,7 @@ def setup_rank(rank: int, job: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(job["world"]), LOCAL_WORLD_SIZE=str(job["world"]))
     torch.set_num_threads(job["threads"])
+    keep_freed_memory()  # every framework's ranks, as gpt3d's CPU runtime does for its own (gpt3d/heap.py)
     torch.manual_seed(0)
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from gpt3d.config.run import RunConfig
+from gpt3d.heap import keep_freed_memory
 from gpt3d.parallel.context import Layout, ParallelContext, resolve_layout, validate_layout
 
 
@@ -45,6 +46,8 @@ def init_runtime(cfg: RunConfig, rank: int, world_size: int, local_rank: int, lo
                  init_method: Optional[str] = None) -> Runtime:
     layout, num_micro = check_layout(cfg, world_size)
     device = pick_device(cfg.train.device, local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's large tensors reuse the last step's pages (gpt3d/heap.py)
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // max(local_world_size, 1))
     torch.set_num_threads(threads)
     if world_size > 1 and not dist.is_initialized():

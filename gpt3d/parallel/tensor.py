@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt3d import kernels
-from gpt3d.model.cross_entropy import check_labels
+from gpt3d.model.cross_entropy import check_labels, loss_workspace
 from gpt3d.model.gpt import GPTStage
 from gpt3d.model.init import ShardInfo
 from gpt3d.model.layers import Dropout, Embedding, LMHead, PaddedVocabBias
@@ -126,13 +126,13 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, real_cols: int, group: Group,
                 impl: str):
-        work = logits.float().reshape(-1, logits.shape[-1]).contiguous()  # the logits' storage when they are fp32
+        work = loss_workspace(logits)
         local_lse = kernels.logsumexp_rows(work, real_cols, impl=impl)  # -inf on a shard of padding only
         top = comm.all_reduce(local_lse.clone(), group, "ce_max", dist.ReduceOp.MAX)
         local = labels.reshape(-1) - vocab_start
         in_range = (local >= 0) & (local < real_cols)
         index = local.clamp(0, work.shape[1] - 1)
-        target = torch.where(in_range, work.gather(-1, index.unsqueeze(-1)).squeeze(-1), 0.0)
+        target = torch.where(in_range, work.gather(-1, index.unsqueeze(-1)).squeeze(-1).float(), 0.0)
         stats = comm.all_reduce(torch.stack([target, (local_lse - top).exp()]), group, "ce_stats")
         lse = top + stats[1].log()
         ctx.save_for_backward(work, local, lse)

@@ -124,16 +124,17 @@ def embedding_activation_bytes(model: ModelConfig, micro_batch: int, seq_len: in
     return seq_len * micro_batch * model.d_model / (tp if sequence_parallel else 1) * MASK_BYTES
 
 
-LOGITS_BYTES = 4
-"""The vocab-parallel cross-entropy keeps fp32 logits/softmax for its backward."""
+LOSS_LOGITS_BYTES = {"fp32": 4, "bf16": 2, "fp16": 4}
+"""Bytes per logit the loss keeps for its backward, which overwrites them with the gradient: the logits themselves in
+fp32 or bf16, an fp32 copy of fp16 ones (gpt3d.model.cross_entropy.loss_workspace)."""
 
 
 def head_activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int, tp: int, sequence_parallel: bool,
-                          act_bytes: int = 2) -> float:
-    """Head input (the final LayerNorm output, all-gathered under sequence parallelism) + fp32 softmax of the logits.
+                          act_bytes: int = 2, logits_bytes: int = LOSS_LOGITS_BYTES["bf16"]) -> float:
+    """Head input (the final LayerNorm output, all-gathered under sequence parallelism) + the logits the loss keeps.
     The final LayerNorm's input is counted by `stage_output_bytes` (Korthikanti's 4sbh/t (1 + V/h) counts it here)."""
     sbh = seq_len * micro_batch * model.d_model
-    logits = seq_len * micro_batch * model.padded_vocab_size / tp * LOGITS_BYTES
+    logits = seq_len * micro_batch * model.padded_vocab_size / tp * logits_bytes
     return sbh * act_bytes + logits
 
 

@@ -20,8 +20,9 @@ from typing import Optional
 
 from gpt3d.config.model import ModelConfig
 
-from .activations import (deferred_weight_grad_bytes, embedding_activation_bytes, fused_attention_shares,
-                          head_activation_bytes, layer_saved_tensors, stage_output_bytes, weight_grad_input_bytes)
+from .activations import (LOSS_LOGITS_BYTES, deferred_weight_grad_bytes, embedding_activation_bytes,
+                          fused_attention_shares, head_activation_bytes, layer_saved_tensors, stage_output_bytes,
+                          weight_grad_input_bytes)
 from .hardware import GiB, GPUSpec
 from .schedule import split_backward_activation_peak, weight_grads_pending
 from .sparsity import layout_density, materialized_score_fraction
@@ -230,7 +231,8 @@ def estimate_memory(model: ModelConfig, tp: int, pp: int, dp: int, vp: int, micr
         extra += chunks * embedding_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel)
     head_stage = 0 if schedule == "zbv" else pp - 1  # ZB-V's V ends on rank 0
     if stage == head_stage:
-        extra += head_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel, act_bytes)
+        extra += head_activation_bytes(model, micro_batch, seq_len, tp, sequence_parallel, act_bytes,
+                                       LOSS_LOGITS_BYTES[dtype])
     activations += extra
     if held_peak is not None:
         held_peak += extra

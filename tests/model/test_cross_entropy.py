@@ -59,6 +59,27 @@ def test_the_logit_gradient_is_softmax_minus_one_hot_over_the_tokens():
     assert logits.grad[:, VOCAB:].abs().max() == 0
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_bf16_logits_give_the_bits_of_their_fp32_widening(impl):
+    """bf16 logits are read in place (no fp32 copy) with fp32 math: the loss and the logit gradient are the bits the
+    fp32 widening gives, its gradient rounded once to bf16; the gradient is written into the logits' storage."""
+    gen = torch.Generator().manual_seed(5)
+    base = (torch.randn(64, PADDED, generator=gen) * 4).to(torch.bfloat16)
+    labels = torch.randint(0, VOCAB, (64,), generator=gen)
+    logits = base.clone().requires_grad_()
+    widened = base.float().requires_grad_()
+    storage = []
+    logits_in = logits * 1  # a temporary, as the head's output: the backward overwrites it
+    logits_in.register_hook(lambda g: storage.append(g.untyped_storage().data_ptr()))
+    loss = cross_entropy(logits_in, labels, VOCAB, impl)
+    loss.backward()
+    want = cross_entropy(widened * 1, labels, VOCAB, impl)
+    want.backward()
+    assert torch.equal(loss, want)
+    assert torch.equal(logits.grad, widened.grad.to(torch.bfloat16))
+    assert storage == [logits_in.untyped_storage().data_ptr()]
+
+
 def test_labels_outside_the_vocabulary_are_refused():
     with pytest.raises(ValueError) as err:
         cross_entropy(torch.zeros(2, PADDED), torch.tensor([3, 300]), VOCAB)

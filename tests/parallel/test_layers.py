@@ -166,6 +166,17 @@ def _cross_entropy(c: Checker, sp: bool) -> None:
     c.add("loss", loss, loss_ref)
     c.add("logits grad", c.gather(local.grad, -1), full.grad)
     assert float(full.grad[..., vocab:].abs().max()) == 0.0  # padded columns take no gradient
+    # bf16 logits are read in place, not copied to fp32: the loss and gradient bits of their fp32 widening, the
+    # gradient rounded once to bf16, by the fused kernels and by their PyTorch reference alike
+    for impl in ("fused", "reference"):
+        half = local.detach().to(torch.bfloat16)
+        got_leaf, want_leaf = half.clone().requires_grad_(), half.float().requires_grad_()
+        got = vocab_parallel_cross_entropy(got_leaf.clone(), labels, r * per_rank, vocab, c.group, impl)
+        got.backward()
+        want = vocab_parallel_cross_entropy(want_leaf.clone(), labels, r * per_rank, vocab, c.group, impl)
+        want.backward()
+        assert torch.equal(got, want), (impl, got, want)
+        assert torch.equal(got_leaf.grad, want_leaf.grad.to(torch.bfloat16)), impl
 
 
 def _lm_head(c: Checker, sp: bool) -> None:

@@ -5,9 +5,10 @@ Compared with `F.cross_entropy` over logits padded with -inf: no bias pass to wr
 writes the gradient (softmax minus one-hot) into the logits' own storage instead of zero-filling a new one: the logits
 are dead once the loss is taken, as in Megatron-LM's fused cross-entropy. The log-sum-exp and the gradient run in
 gpt3d.kernels (the fused C++ kernels, or chunked PyTorch that keeps each chunk in cache). fp32 logits give the same
-numbers as `F.cross_entropy` to rounding (tests/model/test_cross_entropy.py); bf16 logits are read as they are, computed
-in fp32, and the gradient rounded once to bf16 into their storage. On the head of a 6-layer d512 GPT (2048 tokens, vocab 50304, fp32, 2 threads), head
-GEMM + loss forward and backward took 1.29-1.33 s instead of 1.60-1.61 s (one run, alternating, before the kernels).
+numbers as `F.cross_entropy` to rounding (tests/model/test_cross_entropy.py); bf16 logits are read as they are,
+computed in fp32, and the gradient rounded once to bf16 into their storage. On the head of a 6-layer d512 GPT (2048
+tokens, vocab 50304, fp32, 2 threads), head GEMM + loss forward and backward took 1.29-1.33 s instead of 1.60-1.61 s
+(one run, alternating, before the kernels).
 """
 from __future__ import annotations
 

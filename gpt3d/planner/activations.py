@@ -130,7 +130,7 @@ fp32 or bf16, an fp32 copy of fp16 ones (gpt3d.model.cross_entropy.loss_workspac
 
 
 def head_activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int, tp: int, sequence_parallel: bool,
-                          act_bytes: int = 2, logits_bytes: int = LOSS_LOGITS_BYTES["bf16"]) -> float:
+                          act_bytes: int, logits_bytes: int) -> float:
     """Head input (the final LayerNorm output, all-gathered under sequence parallelism) + the logits the loss keeps.
     The final LayerNorm's input is counted by `stage_output_bytes` (Korthikanti's 4sbh/t (1 + V/h) counts it here)."""
     sbh = seq_len * micro_batch * model.d_model

@@ -20,7 +20,6 @@ GPT3D_FP32_GEMM, a property of the process and machine, not of a model. Without 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 
@@ -30,12 +29,9 @@ LARGEST_TRIM_THRESHOLD = 2 ** 31 - 1  # mallopt takes an int
 
 
 def _glibc():
-    """The C library if it is glibc (it has gnu_get_libc_version and mallopt), else None."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The C library this process runs on if it is glibc (it has gnu_get_libc_version and mallopt), else None."""
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the symbols already loaded: no library search, no subprocess
     except OSError:
         return None
     if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):

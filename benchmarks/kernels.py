@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import gpt3d.kernels as K
+from gpt3d.heap import keep_freed_memory
 
 
 def timed(fn, reps: int, warmup: int = 2) -> float:
@@ -149,21 +150,14 @@ def attention_cases(shapes):
                4 * n, 4 * n + 4 * n, 1)
 
 
-# glibc returns large freed blocks to the OS and every new output then pays first-touch page faults, which on this
-# machine cost more than the kernels themselves (a clone "copies" at ~4 GB/s instead of ~20). Keep freed memory in
-# the heap for the whole benchmark, eager and fused alike: every measuring process runs with these malloc settings.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "68719476736",
-              "MALLOC_TOP_PAD_": "1073741824"}
-
-
 # torch's own CPU kernels are dispatched by ATEN_CPU_CAPABILITY: measuring gpt3d's avx2 path against torch's avx2 kernels
 # (and portable against torch's "default") reproduces, on this CPU, the comparison an AVX2-only / older CPU sees.
 TORCH_CAPABILITY = {"avx512": "avx512", "avx2": "avx2", "portable": "default"}
 
 
 def run_isa_in_subprocess(isa: str, argv: list[str]) -> None:
-    """Measure one path in a fresh process, with torch's matching capability and the malloc settings."""
-    env = dict(os.environ, GPT3D_CPU_ISA=isa, ATEN_CPU_CAPABILITY=TORCH_CAPABILITY[isa], **MALLOC_ENV)
+    """Measure one path in a fresh process, with torch's matching capability."""
+    env = dict(os.environ, GPT3D_CPU_ISA=isa, ATEN_CPU_CAPABILITY=TORCH_CAPABILITY[isa])
     subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--isa", isa], env=env, check=True)
 
 
@@ -205,6 +199,9 @@ def main() -> None:
     if os.environ.get("GPT3D_CPU_ISA") != args.isa or os.environ.get("ATEN_CPU_CAPABILITY") != TORCH_CAPABILITY[args.isa]:
         run_isa_in_subprocess(args.isa, argv_without_isa(sys.argv[1:]))
         return
+    # the heap of a gpt3d CPU run (gpt3d/heap.py), eager and fused alike: glibc would otherwise unmap every freed
+    # output of 32 MiB or more and each call would pay first-touch page faults, more than some kernels themselves
+    malloc = "freed memory kept in the heap" if keep_freed_memory() else "glibc's malloc defaults"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     reps = args.reps or (5 if args.quick else 15)
@@ -221,7 +218,7 @@ def main() -> None:
     cases = [c for c in cases if args.only in c[0]]
     copy_gbs = copy_bandwidth(reps, (1 << 22) if args.quick else (1 << 26))
     print(f"\ngpt3d path {K.cpu_isa()} vs torch eager at ATEN_CPU_CAPABILITY={torch.backends.cpu.get_cpu_capability()}"
-          f"; copy bandwidth (copy_ into a preallocated tensor, read+write) = {copy_gbs:.1f} GB/s")
+          f"; copy bandwidth (copy_ into a preallocated tensor, read+write) = {copy_gbs:.1f} GB/s; {malloc}")
     print_table(measure(cases, reps, copy_gbs), copy_gbs)
 
 

@@ -9,6 +9,7 @@
 
 #include "common/bf16.h"
 #include "common/dtype.h"
+#include "common/prefetch.h"
 #include "layer_norm/layer_norm_cpu.h"
 #include "layer_norm/layer_norm_math.h"
 
@@ -133,6 +134,18 @@ const float* weights_as_float(const void* w, int64_t cols, std::vector<float>& b
   }
 }
 
+// Software prefetch of the row a few KiB ahead (common/prefetch.h), where a row is read from memory once (a plain
+// LayerNorm's mean pass, a bf16 row's widening) and then worked on in cache: the hardware prefetchers follow demand
+// misses, so during the in-cache passes nothing fetched the next row. Measured per-call (8192 rows, AMD EPYC, 1-2
+// threads, alternated in one process): LayerNorm forward 5-20% faster, bf16 backward 0-30%; fp32 backward (which
+// reads dy and x from memory in both passes) and add+LayerNorm (three streams) were 5-15% slower with it, so they
+// do without.
+template <class T>
+__attribute__((always_inline)) inline void prefetch_row(const T* rows, int64_t r, int64_t cols, int64_t total_rows) {
+  const int64_t row_bytes = cols * static_cast<int64_t>(sizeof(T)), ahead = r + prefetch_rows_ahead(row_bytes);
+  if (ahead < total_rows) prefetch_for_read(rows + ahead * cols, row_bytes);
+}
+
 template <class V, class T, class W>
 void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t end) {
   const int64_t c = a.cols;
@@ -143,6 +156,7 @@ void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t
   const float* beta = weights_as_float<V, W>(a.beta, c, beta_buf);
   if (!std::is_same<T, float>::value) row_buf.resize(c);
   for (int64_t r = begin; r < end; ++r) {
+    if (res == nullptr) prefetch_row(x, r, c, a.rows);
     const T* row = x + r * c;
     if (res != nullptr) {
       T* sum = static_cast<T*>(a.sum) + r * c;
@@ -176,6 +190,8 @@ void ln_backward_rows_typed(const LayerNormBackwardArgs& a, int64_t begin, int64
     T* dx = static_cast<T*>(a.dx) + r * c;
     const T* extra = dextra ? dextra + r * c : nullptr;
     if constexpr (!std::is_same<T, float>::value) {
+      prefetch_row(static_cast<const T*>(a.dy), r, c, a.rows);
+      prefetch_row(static_cast<const T*>(a.x), r, c, a.rows);
       widen_row<V>(dy, dy_buf.data(), c);
       widen_row<V>(x, x_buf.data(), c);
       ln_backward_row<V>(dy_buf.data(), extra, x_buf.data(), a.mean[r], a.rstd[r], gamma, dx, c, dgamma_acc,

@@ -32,6 +32,7 @@ from .efficiency import gemm_time, memory_bound_time
 from .hardware import GPUSpec
 from .layout import Layout
 from .schedule import bubble_slots
+from .activations import LOSS_LOGITS_BYTES
 from .memory import (ACTIVATION_BYTES, WEIGHT_BYTES, MemoryBreakdown, estimate_memory, first_stage_parameters,
                      last_stage_parameters, usable_bytes)
 from .sparsity import layout_density, materialized_score_fraction, mean_attention_density
@@ -40,8 +41,10 @@ BACKWARD_ELEMENTWISE_FACTOR = 2.0
 """An elementwise backward reads the saved input and the output gradient and writes the input gradient: about twice
 the bytes of the forward (which reads the input and writes the output)."""
 CROSS_ENTROPY_PASSES = 4
-"""Passes over the fp32 [tokens, vocab/t] logits: write logits, max + sum-exp read, softmax write, gradient write."""
-LOGITS_BYTES = 4
+"""Passes over the [tokens, vocab/t] logits: write logits, max + sum-exp read, softmax write, gradient write; each
+pass moves activations.LOSS_LOGITS_BYTES a logit (the loss works on bf16 logits in place, on an fp32 copy of fp16)."""
+STATISTIC_BYTES = 4
+"""The vocab-parallel loss all-reduces three fp32 values per token (max, sum-exp, target logit)."""
 ADAM_STEP_BYTES = {"bf16": 38, "fp16": 38, "fp32": 36}
 """Bytes the optimizer step streams per (local) parameter: Adam reads master weight, gradient, m, v (16) and writes
 master, m, v (12) and the bf16 copy (2); gradient clipping reads the gradients (4); zeroing writes them (4).
@@ -216,14 +219,14 @@ def embedding_time(model: ModelConfig, gpu: GPUSpec, tp: int, micro_batch: int, 
 
 
 def head_time(model: ModelConfig, gpu: GPUSpec, tp: int, micro_batch: int, seq_len: int, sequence_parallel: bool,
-              act_bytes: int, gpus_per_node: int) -> _Work:
+              act_bytes: int, logits_bytes: int, gpus_per_node: int) -> _Work:
     """Final LayerNorm, logits GEMM over V/t (forward + backward) and the vocab-parallel cross-entropy."""
     tokens = micro_batch * seq_len
     h, vocab = model.d_model, model.padded_vocab_size // tp
     fwd, bwd = _linear(tokens, vocab, h, gpu, act_bytes)
     shard = tp if sequence_parallel else 1
     layernorm = memory_bound_time(2 * 2 * tokens * h * act_bytes / shard * (1 + BACKWARD_ELEMENTWISE_FACTOR), gpu, 2)
-    cross_entropy = memory_bound_time(tokens * vocab * LOGITS_BYTES * CROSS_ENTROPY_PASSES, gpu, kernels=4)
+    cross_entropy = memory_bound_time(tokens * vocab * logits_bytes * CROSS_ENTROPY_PASSES, gpu, kernels=4)
     intra = comm.tp_intra_node(tp, gpus_per_node)
     activation = tokens * h * act_bytes
     if sequence_parallel:
@@ -231,7 +234,7 @@ def head_time(model: ModelConfig, gpu: GPUSpec, tp: int, micro_batch: int, seq_l
                    + comm.reduce_scatter_time(activation, tp, gpu, intra))
     else:
         tp_comm = comm.all_reduce_time(activation, tp, gpu, intra)
-    tp_comm += 3 * comm.all_reduce_time(tokens * LOGITS_BYTES, tp, gpu, intra)  # max, sum-exp, target logit
+    tp_comm += 3 * comm.all_reduce_time(tokens * STATISTIC_BYTES, tp, gpu, intra)  # max, sum-exp, target logit
     return _Work(fwd + bwd + layernorm + cross_entropy, tp_comm)
 
 
@@ -260,7 +263,8 @@ def predict(model: ModelConfig, layout: Layout, gpu: GPUSpec, global_batch: int,
                             options.gpus_per_node, materialized_score_fraction(model, seq_len))
     layers = per_layer.total.scale(model.n_layers / p)
     embed = embedding_time(model, gpu, t, layout.micro_batch, seq_len, sp, act_bytes, options.gpus_per_node)
-    head = head_time(model, gpu, t, layout.micro_batch, seq_len, sp, act_bytes, options.gpus_per_node)
+    head = head_time(model, gpu, t, layout.micro_batch, seq_len, sp, act_bytes, LOSS_LOGITS_BYTES[options.dtype],
+                     options.gpus_per_node)
     first = layers + embed + (head if p == 1 or layout.schedule == "zbv" else _Work())  # zbv: V ends on rank 0
     last = layers + head
     stage = first if first.total >= last.total else last

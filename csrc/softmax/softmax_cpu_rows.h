@@ -91,7 +91,8 @@ void softmax_backward_row(const T* dy, const T* y, T* dx, int64_t sk, int64_t vi
 // ask for the visible part of the row a few KiB ahead (common/prefetch.h), and at a task's first row for the rows up
 // to there. Rows read whole stream well without it.
 template <class T>
-__attribute__((always_inline)) inline void prefetch_causal_rows(const T* data, int64_t r, int64_t begin, int64_t rows, int64_t sq, int64_t sk) {
+__attribute__((always_inline)) inline void prefetch_causal_rows(const T* data, int64_t r, int64_t begin, int64_t rows,
+                                                                int64_t sq, int64_t sk) {
   const int64_t ahead = prefetch_rows_ahead(sk * static_cast<int64_t>(sizeof(T)));
   const int64_t first = r == begin ? r + 1 : r + ahead;
   for (int64_t p = first; p <= r + ahead && p < rows; ++p)

@@ -21,10 +21,17 @@ int64_t rows_per_task(int64_t cols) { return std::max<int64_t>(1, 16384 / std::m
 void layer_norm_forward_cpu(const LayerNormForwardArgs& a) {
   auto rows_fn = pick_for_isa(cpu_avx512::layer_norm_forward_rows, cpu_avx2::layer_norm_forward_rows,
                               cpu_portable::layer_norm_forward_rows);
-  const int64_t step = rows_per_task(a.cols);
-  const int64_t tasks = (a.rows + step - 1) / step;
-#pragma omp parallel for schedule(static) if (tasks > 1)
-  for (int64_t t = 0; t < tasks; ++t) rows_fn(a, t * step, std::min(a.rows, (t + 1) * step));
+  // Every row costs the same, so each thread takes one contiguous block of rows in one call: the call sets up once
+  // (bf16 weights widened to fp32, the row buffer allocated). Per task of 16k elements (8 rows of 2048) that set-up
+  // was a quarter of the work: avx2 bf16 8192 x 2048 ran at 0.78x torch eager.
+  const int64_t threads = std::min<int64_t>(omp_get_max_threads(), (a.rows + rows_per_task(a.cols) - 1) /
+                                                                       rows_per_task(a.cols));
+#pragma omp parallel num_threads(static_cast<int>(std::max<int64_t>(threads, 1))) if (threads > 1)
+  {
+    const int64_t n = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = a.rows * t / n, end = a.rows * (t + 1) / n;
+    if (begin < end) rows_fn(a, begin, end);
+  }
 }
 
 void layer_norm_backward_cpu(const LayerNormBackwardArgs& a) {

@@ -28,11 +28,11 @@ from gpt3d.config.model import ModelConfig
 from gpt3d.model.flops import model_training_flops
 
 from . import communication as comm
+from .activations import LOSS_LOGITS_BYTES
 from .efficiency import gemm_time, memory_bound_time
 from .hardware import GPUSpec
 from .layout import Layout
 from .schedule import bubble_slots
-from .activations import LOSS_LOGITS_BYTES
 from .memory import (ACTIVATION_BYTES, WEIGHT_BYTES, MemoryBreakdown, estimate_memory, first_stage_parameters,
                      last_stage_parameters, usable_bytes)
 from .sparsity import layout_density, materialized_score_fraction, mean_attention_density

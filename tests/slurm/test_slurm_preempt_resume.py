@@ -18,7 +18,10 @@ from .cli import gpt3d_cancel, gpt3d_submit
 from .cluster import FINISHED_STATES
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 60  # ~0.1 s each: the job is still training when the signal reaches the ranks, a second or two after it is sent
+# The job must still be training when the signal reaches the ranks, which took from a fraction of a second to more
+# than 2.3 s after it was sent (through slurmctld, slurmd, the batch shell and srun). Steps take 0.04-0.1 s here: 60
+# steps once ended, unsignalled, 2.4 s into training; 200 leave 8-20 s.
+STEPS = 200
 SIGNAL_AFTER = 3  # steps logged before the signal
 # A small model with one thread per rank (2 cores, 4 ranks); the same overrides go to the SLURM job and the local run.
 OVERRIDES = ("--set", f"train.steps={STEPS}", "--set", "parallel.tp=2", "--set", "train.threads=1",

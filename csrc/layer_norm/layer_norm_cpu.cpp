@@ -24,9 +24,9 @@ void layer_norm_forward_cpu(const LayerNormForwardArgs& a) {
   // Every row costs the same, so each thread takes one contiguous block of rows in one call: the call sets up once
   // (bf16 weights widened to fp32, the row buffer allocated). Per task of 16k elements (8 rows of 2048) that set-up
   // was a quarter of the work: avx2 bf16 8192 x 2048 ran at 0.78x torch eager.
-  const int64_t threads = std::min<int64_t>(omp_get_max_threads(), (a.rows + rows_per_task(a.cols) - 1) /
-                                                                       rows_per_task(a.cols));
-#pragma omp parallel num_threads(static_cast<int>(std::max<int64_t>(threads, 1))) if (threads > 1)
+  const int64_t step = rows_per_task(a.cols);
+  const int threads = static_cast<int>(std::clamp<int64_t>((a.rows + step - 1) / step, 1, omp_get_max_threads()));
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int64_t n = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t begin = a.rows * t / n, end = a.rows * (t + 1) / n;

@@ -36,14 +36,16 @@ struct VecAvx2 {
     if (n >= kWidth) _mm256_storeu_ps(p, v);
     else _mm256_maskstore_ps(p, _mm256_castps_si256(first(n)), v);
   }
-  // Round to nearest even (as torch); NaN lanes become quiet NaNs.
-  void store(uint16_t* p, int n = kWidth) const {
+  // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
+  static __m256i rounded_bf16_bits(__m256 v) {
     const __m256i bits = _mm256_castps_si256(v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    rounded = _mm256_blendv_epi8(rounded, _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000)), nan);
-    const __m256i hi = _mm256_srli_epi32(rounded, 16);  // 0..65535 per lane: packus keeps it exactly
+    return _mm256_blendv_epi8(rounded, _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000)), nan);
+  }
+  void store(uint16_t* p, int n = kWidth) const {
+    const __m256i hi = _mm256_srli_epi32(rounded_bf16_bits(v), 16);  // 0..65535 per lane: packus keeps it exactly
     const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
     if (n >= kWidth) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
@@ -52,6 +54,19 @@ struct VecAvx2 {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(buf), h);
       std::memcpy(p, buf, sizeof(uint16_t) * static_cast<size_t>(n > 0 ? n : 0));
     }
+  }
+  // As VecAvx512::load_bf16_pairs: 2 * kWidth bf16 values, even positions in `even`, odd in `odd`, no shuffle.
+  static void load_bf16_pairs(const uint16_t* p, VecAvx2& even, VecAvx2& odd) {
+    __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    asm("" : "+x"(w));  // one load, not one folded into each of the two instructions (see VecAvx512)
+    even.v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+    odd.v = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(-65536)));
+  }
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does.
+  static void store_bf16_pairs(uint16_t* p, VecAvx2 even, VecAvx2 odd) {
+    const __m256i high = _mm256_and_si256(rounded_bf16_bits(odd.v), _mm256_set1_epi32(-65536));
+    const __m256i pairs = _mm256_or_si256(high, _mm256_srli_epi32(rounded_bf16_bits(even.v), 16));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), pairs);
   }
   // Lanes where the bool mask byte is true, restricted to the first n.
   static Mask load_mask(const bool* p, int n = kWidth) {

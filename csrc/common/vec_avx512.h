@@ -29,20 +29,39 @@ struct VecAvx512 {
     if (n >= kWidth) _mm512_storeu_ps(p, v);
     else _mm512_mask_storeu_ps(p, first(n), v);
   }
-  // Round to nearest even (as torch); NaN lanes become quiet NaNs.
+  // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
+  static __m512i rounded_bf16_bits(__m512 v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    return _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x00400000));
+  }
   void store(uint16_t* p, int n = kWidth) const {
-    __m512i bits = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    rounded = _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x00400000));
     // The high half of every lane, gathered into the low 256 bits by one word permute (a shift and a narrowing
     // vpmovdw cost three uops on the two 512-bit ALU ports; the permute one).
     const __m512i high_words = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
                                                 31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    __m256i h = _mm512_castsi512_si256(_mm512_permutexvar_epi16(high_words, rounded));
+    __m256i h = _mm512_castsi512_si256(_mm512_permutexvar_epi16(high_words, rounded_bf16_bits(v)));
     if (n >= kWidth) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
     else _mm256_mask_storeu_epi16(p, first(n), h);
+  }
+  // 2 * kWidth bf16 values widened without a shuffle: `even` holds the elements at even positions, `odd` those at odd
+  // positions (a 32-bit lane holds one pair, whose odd element already is its high half). For passes that do not
+  // depend on the order of a row's elements, or whose other operands are laid out in the same order.
+  static void load_bf16_pairs(const uint16_t* p, VecAvx512& even, VecAvx512& odd) {
+    __m512i w = _mm512_loadu_si512(p);
+    // Keeps w in a register: GCC otherwise folds the load into both the shift and the and, two loads where one does
+    // (and loads, one 512-bit load a cycle on AMD EPYC, bound these passes).
+    asm("" : "+v"(w));
+    even.v = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    odd.v = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(-65536)));
+  }
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does.
+  static void store_bf16_pairs(uint16_t* p, VecAvx512 even, VecAvx512 odd) {
+    const __m512i low = _mm512_srli_epi32(rounded_bf16_bits(even.v), 16);
+    // odd's high halves where the mask is set, low elsewhere (ternary-logic table 0xE4: C ? A : B)
+    _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(rounded_bf16_bits(odd.v), low, _mm512_set1_epi32(-65536), 0xE4));
   }
   static Mask load_mask(const bool* p, int n = kWidth) {
     __m128i b = n >= kWidth ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)) : _mm_maskz_loadu_epi8(first(n), p);

@@ -49,15 +49,29 @@ struct VecPortable {
   void store(float* p, int n = kWidth) const {
     copy_lanes<sizeof(float)>(p, &v, n);
   }
-  // Round to nearest even (as torch); NaN lanes become quiet NaNs.
-  void store(uint16_t* p, int n = kWidth) const {
-    typedef uint32_t U __attribute__((vector_size(16)));
-    typedef uint16_t H __attribute__((vector_size(8)));
+  // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
+  typedef uint32_t U __attribute__((vector_size(16)));
+  static U rounded_bf16_bits(F v) {
     const U bits = reinterpret_cast<U>(v);
     const U rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
-    const U out = (v != v) ? (bits | 0x00400000u) : rounded;
-    const H h = __builtin_convertvector(out >> 16, H);
+    return (v != v) ? (bits | 0x00400000u) : rounded;
+  }
+  void store(uint16_t* p, int n = kWidth) const {
+    typedef uint16_t H __attribute__((vector_size(8)));
+    const H h = __builtin_convertvector(rounded_bf16_bits(v) >> 16, H);
     copy_lanes<sizeof(uint16_t)>(p, &h, n);
+  }
+  // As VecAvx512::load_bf16_pairs: 2 * kWidth bf16 values, even positions in `even`, odd in `odd`, no shuffle.
+  static void load_bf16_pairs(const uint16_t* p, VecPortable& even, VecPortable& odd) {
+    U w;
+    std::memcpy(&w, p, sizeof(w));
+    even.v = reinterpret_cast<F>(w << 16);
+    odd.v = reinterpret_cast<F>(w & 0xffff0000u);
+  }
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does.
+  static void store_bf16_pairs(uint16_t* p, VecPortable even, VecPortable odd) {
+    const U w = (rounded_bf16_bits(odd.v) & 0xffff0000u) | (rounded_bf16_bits(even.v) >> 16);
+    std::memcpy(p, &w, sizeof(w));
   }
   // Lanes where the bool mask byte is true, restricted to the first n.
   static Mask load_mask(const bool* p, int n = kWidth) {
@@ -118,6 +132,14 @@ struct VecPortable {
   static VecPortable load(const uint16_t* p, int n = kWidth) { return {n > 0 ? bf16_to_float(p[0]) : 0.f}; }
   void store(float* p, int n = kWidth) const { if (n > 0) p[0] = v; }
   void store(uint16_t* p, int n = kWidth) const { if (n > 0) p[0] = float_to_bf16(v); }
+  static void load_bf16_pairs(const uint16_t* p, VecPortable& even, VecPortable& odd) {
+    even.v = bf16_to_float(p[0]);
+    odd.v = bf16_to_float(p[1]);
+  }
+  static void store_bf16_pairs(uint16_t* p, VecPortable even, VecPortable odd) {
+    p[0] = float_to_bf16(even.v);
+    p[1] = float_to_bf16(odd.v);
+  }
   static Mask first(int n) { return n > 0; }
   static Mask load_mask(const bool* p, int n = kWidth) { return n > 0 && p[0]; }
   static VecPortable select(Mask m, VecPortable a, VecPortable b) { return m ? a : b; }

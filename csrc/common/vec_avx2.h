@@ -64,8 +64,9 @@ struct VecAvx2 {
   }
   // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does.
   static void store_bf16_pairs(uint16_t* p, VecAvx2 even, VecAvx2 odd) {
-    const __m256i high = _mm256_and_si256(rounded_bf16_bits(odd.v), _mm256_set1_epi32(-65536));
-    const __m256i pairs = _mm256_or_si256(high, _mm256_srli_epi32(rounded_bf16_bits(even.v), 16));
+    // Odd words (the high halves) from odd, even words from even's high halves shifted down: one word blend.
+    const __m256i low = _mm256_srli_epi32(rounded_bf16_bits(even.v), 16);
+    const __m256i pairs = _mm256_blend_epi16(low, rounded_bf16_bits(odd.v), 0xAA);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), pairs);
   }
   // Lanes where the bool mask byte is true, restricted to the first n.

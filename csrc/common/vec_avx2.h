@@ -37,10 +37,13 @@ struct VecAvx2 {
     else _mm256_maskstore_ps(p, _mm256_castps_si256(first(n)), v);
   }
   // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
+  // kCheckNaN false skips the NaN check: see VecAvx512::store_bf16_pairs.
+  template <bool kCheckNaN = true>
   static __m256i rounded_bf16_bits(__m256 v) {
     const __m256i bits = _mm256_castps_si256(v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
     const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    if constexpr (!kCheckNaN) return rounded;
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     return _mm256_blendv_epi8(rounded, _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000)), nan);
   }
@@ -62,11 +65,12 @@ struct VecAvx2 {
     even.v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
     odd.v = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(-65536)));
   }
-  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does.
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does; kCheckNaN as VecAvx512::store_bf16_pairs.
+  template <bool kCheckNaN = true>
   static void store_bf16_pairs(uint16_t* p, VecAvx2 even, VecAvx2 odd) {
     // Odd words (the high halves) from odd, even words from even's high halves shifted down: one word blend.
-    const __m256i low = _mm256_srli_epi32(rounded_bf16_bits(even.v), 16);
-    const __m256i pairs = _mm256_blend_epi16(low, rounded_bf16_bits(odd.v), 0xAA);
+    const __m256i low = _mm256_srli_epi32(rounded_bf16_bits<kCheckNaN>(even.v), 16);
+    const __m256i pairs = _mm256_blend_epi16(low, rounded_bf16_bits<kCheckNaN>(odd.v), 0xAA);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), pairs);
   }
   // Lanes where the bool mask byte is true, restricted to the first n.

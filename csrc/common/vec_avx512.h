@@ -30,10 +30,14 @@ struct VecAvx512 {
     else _mm512_mask_storeu_ps(p, first(n), v);
   }
   // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
+  // kCheckNaN false skips the NaN check (two instructions a vector): only for values whose NaNs, if any, have zero low
+  // 16 bits, which rounding then leaves NaN (see store_bf16_pairs).
+  template <bool kCheckNaN = true>
   static __m512i rounded_bf16_bits(__m512 v) {
     const __m512i bits = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
     const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    if constexpr (!kCheckNaN) return rounded;
     const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     return _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x00400000));
   }
@@ -57,11 +61,15 @@ struct VecAvx512 {
     even.v = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
     odd.v = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(-65536)));
   }
-  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does.
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does. kCheckNaN false: see rounded_bf16_bits. Every
+  // NaN computed from bf16 operands (or propagated from one) has zero low 16 bits, as does the default NaN of an
+  // invalid operation (0xffc00000); rounding adds at most 0x8000 there, so such a NaN stays NaN without the check.
+  template <bool kCheckNaN = true>
   static void store_bf16_pairs(uint16_t* p, VecAvx512 even, VecAvx512 odd) {
-    const __m512i low = _mm512_srli_epi32(rounded_bf16_bits(even.v), 16);
+    const __m512i low = _mm512_srli_epi32(rounded_bf16_bits<kCheckNaN>(even.v), 16);
     // odd's high halves where the mask is set, low elsewhere (ternary-logic table 0xE4: C ? A : B)
-    _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(rounded_bf16_bits(odd.v), low, _mm512_set1_epi32(-65536), 0xE4));
+    const __m512i high = rounded_bf16_bits<kCheckNaN>(odd.v);
+    _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(high, low, _mm512_set1_epi32(-65536), 0xE4));
   }
   static Mask load_mask(const bool* p, int n = kWidth) {
     __m128i b = n >= kWidth ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)) : _mm_maskz_loadu_epi8(first(n), p);

@@ -50,10 +50,13 @@ struct VecPortable {
     copy_lanes<sizeof(float)>(p, &v, n);
   }
   // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
+  // kCheckNaN false skips the NaN check: see VecAvx512::store_bf16_pairs.
   typedef uint32_t U __attribute__((vector_size(16)));
+  template <bool kCheckNaN = true>
   static U rounded_bf16_bits(F v) {
     const U bits = reinterpret_cast<U>(v);
     const U rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
+    if constexpr (!kCheckNaN) return rounded;
     return (v != v) ? (bits | 0x00400000u) : rounded;
   }
   void store(uint16_t* p, int n = kWidth) const {
@@ -68,9 +71,10 @@ struct VecPortable {
     even.v = reinterpret_cast<F>(w << 16);
     odd.v = reinterpret_cast<F>(w & 0xffff0000u);
   }
-  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does.
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does; kCheckNaN as VecAvx512::store_bf16_pairs.
+  template <bool kCheckNaN = true>
   static void store_bf16_pairs(uint16_t* p, VecPortable even, VecPortable odd) {
-    const U w = (rounded_bf16_bits(odd.v) & 0xffff0000u) | (rounded_bf16_bits(even.v) >> 16);
+    const U w = (rounded_bf16_bits<kCheckNaN>(odd.v) & 0xffff0000u) | (rounded_bf16_bits<kCheckNaN>(even.v) >> 16);
     std::memcpy(p, &w, sizeof(w));
   }
   // Lanes where the bool mask byte is true, restricted to the first n.
@@ -136,6 +140,7 @@ struct VecPortable {
     even.v = bf16_to_float(p[0]);
     odd.v = bf16_to_float(p[1]);
   }
+  template <bool kCheckNaN = true>
   static void store_bf16_pairs(uint16_t* p, VecPortable even, VecPortable odd) {
     p[0] = float_to_bf16(even.v);
     p[1] = float_to_bf16(odd.v);

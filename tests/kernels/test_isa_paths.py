@@ -84,6 +84,46 @@ def test_bf16_rounding_of_every_path_matches_torch_bit_for_bit(isa):
             assert torch.equal(s[~nan].view(torch.int16), want[~nan].view(torch.int16)), (isa, width, shift)
 
 
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float32])
+def test_bf16_layer_norm_nans_and_infs_match_reference_on_every_path(isa, w_dtype):
+    """bf16 rows holding a NaN, an inf, both infinities, or values whose sum overflows, and a NaN weight: outputs and
+    input gradients are NaN exactly where the reference's are, and match it elsewhere. The fp32 NaN weight has every
+    payload bit set (0x7fffffff): rounded without the NaN check it would become -0.0, and the kernels skip that check
+    only for rows with finite statistics and NaN-free fp32 weights."""
+    torch.manual_seed(0)
+    cols = 40  # a pair of vectors and a tail on every path
+    x = torch.randn(7, cols).to(torch.bfloat16)
+    x[1, 3] = float("nan")
+    x[2, 5] = float("inf")
+    x[3, :] = 3e38  # the row's sum overflows
+    x[4, 7], x[4, 8] = float("-inf"), float("inf")
+    x[5, 30:] = 1e18  # large values, finite statistics (at 1e30 the variance overflows: torch gives NaN, the kernels beta)
+    w = (1 + 0.5 * torch.randn(cols)).to(w_dtype)
+    b = (0.5 * torch.randn(cols)).to(w_dtype)
+    w[0] = 0.0
+    w_nan = w.clone()
+    if w_dtype == torch.float32:
+        w_nan.view(torch.int32)[10] = 0x7FFFFFFF
+    else:
+        w_nan[10] = float("nan")
+    for weights in ((w, b), (w_nan, b)):
+        xs = x.clone().requires_grad_()
+        got = kernels.layer_norm(xs, *weights, 1e-5)
+        want = reference.layer_norm(x.clone().requires_grad_(), *weights, 1e-5)
+        dy = torch.randn_like(got)
+        (dx,) = torch.autograd.grad(got, xs, dy)
+        xr = x.clone().requires_grad_()
+        (dx_ref,) = torch.autograd.grad(reference.layer_norm(xr, *weights, 1e-5), xr, dy)
+        for name, a, e in (("y", got, want), ("dx", dx, dx_ref)):
+            nan = torch.isnan(e)
+            assert torch.equal(torch.isnan(a), nan), f"{isa} {name}: NaN where the reference has none, or not where it has"
+            assert_close(a[~nan], e[~nan], f"{isa} {name} outside the NaNs")
+        r = torch.randn_like(x)
+        (s, y), (s_ref, y_ref) = (kernels.add_layer_norm(x, r, *weights, 1e-5),
+                                  reference.add_layer_norm(x, r, *weights, 1e-5))
+        assert torch.equal(torch.isnan(s), torch.isnan(s_ref)) and torch.equal(torch.isnan(y), torch.isnan(y_ref)), isa
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_softmaxes_match_reference_on_every_path(isa, dtype):
     for sq, sk in ((1, 1), (9, 9), (7, 23), (33, 33), (5, 300)):

@@ -64,17 +64,25 @@ struct VecPortable {
     const H h = __builtin_convertvector(rounded_bf16_bits(v) >> 16, H);
     copy_lanes<sizeof(uint16_t)>(p, &h, n);
   }
-  // As VecAvx512::load_bf16_pairs: 2 * kWidth bf16 values, even positions in `even`, odd in `odd`, no shuffle.
+  // As VecAvx512::load_bf16_pairs: 2 * kWidth bf16 values, even positions in `even`, odd in `odd`, no shuffle. On a
+  // big-endian target the even element is a 32-bit lane's high half.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  static constexpr bool kEvenIsHigh = true;
+#else
+  static constexpr bool kEvenIsHigh = false;
+#endif
   static void load_bf16_pairs(const uint16_t* p, VecPortable& even, VecPortable& odd) {
     U w;
     std::memcpy(&w, p, sizeof(w));
-    even.v = reinterpret_cast<F>(w << 16);
-    odd.v = reinterpret_cast<F>(w & 0xffff0000u);
+    (kEvenIsHigh ? odd : even).v = reinterpret_cast<F>(w << 16);
+    (kEvenIsHigh ? even : odd).v = reinterpret_cast<F>(w & 0xffff0000u);
   }
   // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does; kCheckNaN as VecAvx512::store_bf16_pairs.
   template <bool kCheckNaN = true>
   static void store_bf16_pairs(uint16_t* p, VecPortable even, VecPortable odd) {
-    const U w = (rounded_bf16_bits<kCheckNaN>(odd.v) & 0xffff0000u) | (rounded_bf16_bits<kCheckNaN>(even.v) >> 16);
+    const U high = rounded_bf16_bits<kCheckNaN>((kEvenIsHigh ? even : odd).v);
+    const U low = rounded_bf16_bits<kCheckNaN>((kEvenIsHigh ? odd : even).v);
+    const U w = (high & 0xffff0000u) | (low >> 16);
     std::memcpy(p, &w, sizeof(w));
   }
   // Lanes where the bool mask byte is true, restricted to the first n.

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/bf16_round.h"
+
 namespace gpt3d {
 namespace {
 
@@ -36,16 +38,11 @@ struct VecAvx2 {
     if (n >= kWidth) _mm256_storeu_ps(p, v);
     else _mm256_maskstore_ps(p, _mm256_castps_si256(first(n)), v);
   }
-  // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
-  // kCheckNaN false skips the NaN check: see VecAvx512::store_bf16_pairs.
+  // fp32 bits rounded to nearest even at bit 16, the bf16 in the high half (common/bf16_round.h).
   template <bool kCheckNaN = true>
   static __m256i rounded_bf16_bits(__m256 v) {
-    const __m256i bits = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-    if constexpr (!kCheckNaN) return rounded;
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    return _mm256_blendv_epi8(rounded, _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000)), nan);
+    typedef uint32_t U __attribute__((vector_size(32)));
+    return reinterpret_cast<__m256i>(gpt3d::rounded_bf16_bits<kCheckNaN, U>(v));
   }
   void store(uint16_t* p, int n = kWidth) const {
     const __m256i hi = _mm256_srli_epi32(rounded_bf16_bits(v), 16);  // 0..65535 per lane: packus keeps it exactly
@@ -65,7 +62,7 @@ struct VecAvx2 {
     even.v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
     odd.v = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(-65536)));
   }
-  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does; kCheckNaN as VecAvx512::store_bf16_pairs.
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does; kCheckNaN: common/bf16_round.h.
   template <bool kCheckNaN = true>
   static void store_bf16_pairs(uint16_t* p, VecAvx2 even, VecAvx2 odd) {
     // Odd words (the high halves) from odd, even words from even's high halves shifted down: one word blend.

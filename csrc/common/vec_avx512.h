@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "common/bf16_round.h"
+
 namespace gpt3d {
 namespace {
 
@@ -29,17 +31,11 @@ struct VecAvx512 {
     if (n >= kWidth) _mm512_storeu_ps(p, v);
     else _mm512_mask_storeu_ps(p, first(n), v);
   }
-  // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
-  // kCheckNaN false skips the NaN check (two instructions a vector): only for values whose NaNs, if any, have zero low
-  // 16 bits, which rounding then leaves NaN (see store_bf16_pairs).
+  // fp32 bits rounded to nearest even at bit 16, the bf16 in the high half (common/bf16_round.h).
   template <bool kCheckNaN = true>
   static __m512i rounded_bf16_bits(__m512 v) {
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    if constexpr (!kCheckNaN) return rounded;
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    return _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x00400000));
+    typedef uint32_t U __attribute__((vector_size(64)));
+    return reinterpret_cast<__m512i>(gpt3d::rounded_bf16_bits<kCheckNaN, U>(v));
   }
   void store(uint16_t* p, int n = kWidth) const {
     // The high half of every lane, gathered into the low 256 bits by one word permute (a shift and a narrowing
@@ -61,9 +57,7 @@ struct VecAvx512 {
     even.v = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
     odd.v = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(-65536)));
   }
-  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does. kCheckNaN false: see rounded_bf16_bits. Every
-  // NaN computed from bf16 operands (or propagated from one) has zero low 16 bits, as does the default NaN of an
-  // invalid operation (0xffc00000); rounding adds at most 0x8000 there, so such a NaN stays NaN without the check.
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does (kCheckNaN: common/bf16_round.h).
   template <bool kCheckNaN = true>
   static void store_bf16_pairs(uint16_t* p, VecAvx512 even, VecAvx512 odd) {
     const __m512i low = _mm512_srli_epi32(rounded_bf16_bits<kCheckNaN>(even.v), 16);

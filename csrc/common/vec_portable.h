@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "common/bf16.h"
+#include "common/bf16_round.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 
@@ -49,16 +50,10 @@ struct VecPortable {
   void store(float* p, int n = kWidth) const {
     copy_lanes<sizeof(float)>(p, &v, n);
   }
-  // fp32 bits rounded to nearest even at bit 16 (as torch), the bf16 in the high half; NaN lanes become quiet NaNs.
-  // kCheckNaN false skips the NaN check: see VecAvx512::store_bf16_pairs.
+  // fp32 bits rounded to nearest even at bit 16, the bf16 in the high half (common/bf16_round.h).
   typedef uint32_t U __attribute__((vector_size(16)));
   template <bool kCheckNaN = true>
-  static U rounded_bf16_bits(F v) {
-    const U bits = reinterpret_cast<U>(v);
-    const U rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
-    if constexpr (!kCheckNaN) return rounded;
-    return (v != v) ? (bits | 0x00400000u) : rounded;
-  }
+  static U rounded_bf16_bits(F v) { return gpt3d::rounded_bf16_bits<kCheckNaN, U>(v); }
   void store(uint16_t* p, int n = kWidth) const {
     typedef uint16_t H __attribute__((vector_size(8)));
     const H h = __builtin_convertvector(rounded_bf16_bits(v) >> 16, H);
@@ -77,7 +72,7 @@ struct VecPortable {
     (kEvenIsHigh ? odd : even).v = reinterpret_cast<F>(w << 16);
     (kEvenIsHigh ? even : odd).v = reinterpret_cast<F>(w & 0xffff0000u);
   }
-  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does; kCheckNaN as VecAvx512::store_bf16_pairs.
+  // The inverse of load_bf16_pairs, rounding as store(uint16_t*) does; kCheckNaN: common/bf16_round.h.
   template <bool kCheckNaN = true>
   static void store_bf16_pairs(uint16_t* p, VecPortable even, VecPortable odd) {
     const U high = rounded_bf16_bits<kCheckNaN>((kEvenIsHigh ? even : odd).v);

@@ -107,11 +107,14 @@ void ln_affine_row(const T* x, const W* gamma, const W* beta, T* y, int64_t cols
   }
 }
 
-// Normalises one row; gamma and beta in the row's pair order (the tail in place); weights_nan_free as returned by
-// nan_free_low_bits.
-template <class V, class T, class W>
-void ln_forward_row(const T* x, const W* gamma, const W* beta, T* y, int64_t cols, float eps, float* mean_out,
-                    float* rstd_out, bool weights_nan_free) {
+// A row's mean and the sum of its squared deviations from it.
+struct RowStats {
+  float mean, centred_sq;
+};
+
+// Two passes: the mean, then the squared deviations from it (exact centring).
+template <class V, class T>
+RowStats row_stats_two_pass(const T* x, int64_t cols) {
   constexpr int64_t P = 2 * V::kWidth;
   const int64_t whole = cols - cols % P, doubles = cols - cols % (2 * P);
   // Four accumulators (an add or FMA has a latency of 4 cycles and two issue per cycle: two accumulators left the
@@ -156,7 +159,69 @@ void ln_forward_row(const T* x, const W* gamma, const W* beta, T* y, int64_t col
     const V d = V::select(V::first(n), V::load(x + j, n) - vmean, V::zero());
     acc2 = fmadd(d, d, acc2);
   }
-  const float rstd = ln_rstd(((acc0 + acc1) + (acc2 + acc3)).sum(), cols, eps);
+  return {mean, ((acc0 + acc1) + (acc2 + acc3)).sum()};
+}
+
+// One pass, for bf16 rows: the sums of d = x - x[0] and of d^2 give mean = x[0] + sum(d) / n and the centred sum of
+// squares sum(d^2) - sum(d)^2 / n. Shifting by a value of the row keeps the cancellation small while x[0] lies within
+// a few standard deviations of the mean; where sum(d^2) exceeds 64x the result (more than 6 of fp32's 24 bits lost),
+// a value is not finite or the result is 0, the row takes the two passes. (8192 x 768-1024 bf16, one thread, Intel Xeon: the forward
+// 7-9% faster on avx512, 10-12% on avx2; fp32 rows, bound by memory, keep the two passes.)
+template <class V, class T>
+RowStats row_stats_one_pass(const T* x, int64_t cols) {
+  constexpr int64_t P = 2 * V::kWidth;
+  constexpr float kMaxCancellation = 64.f;
+  const int64_t whole = cols - cols % P, doubles = cols - cols % (2 * P);
+  const float shift = load_as_float(x, 0);
+  const V vshift = V::set1(shift);
+  // Four accumulators of each sum, as in the two passes.
+  V sum0 = V::zero(), sum1 = V::zero(), sum2 = V::zero(), sum3 = V::zero(), a0, b0, a1, b1;
+  V sq0 = V::zero(), sq1 = V::zero(), sq2 = V::zero(), sq3 = V::zero();
+  int64_t j = 0;
+  for (; j < doubles; j += 2 * P) {
+    load_pairs(x + j, a0, b0);
+    load_pairs(x + j + P, a1, b1);
+    a0 = a0 - vshift, b0 = b0 - vshift, a1 = a1 - vshift, b1 = b1 - vshift;
+    sum0 = sum0 + a0;
+    sum1 = sum1 + b0;
+    sum2 = sum2 + a1;
+    sum3 = sum3 + b1;
+    sq0 = fmadd(a0, a0, sq0);
+    sq1 = fmadd(b0, b0, sq1);
+    sq2 = fmadd(a1, a1, sq2);
+    sq3 = fmadd(b1, b1, sq3);
+  }
+  for (; j < whole; j += P) {
+    load_pairs(x + j, a0, b0);
+    a0 = a0 - vshift, b0 = b0 - vshift;
+    sum0 = sum0 + a0;
+    sum1 = sum1 + b0;
+    sq0 = fmadd(a0, a0, sq0);
+    sq1 = fmadd(b0, b0, sq1);
+  }
+  for (; j < cols; j += V::kWidth) {
+    const int n = lanes<V>(cols, j);
+    const V d = V::select(V::first(n), V::load(x + j, n) - vshift, V::zero());
+    sum2 = sum2 + d;
+    sq2 = fmadd(d, d, sq2);
+  }
+  const float sum = ((sum0 + sum1) + (sum2 + sum3)).sum(), sq = ((sq0 + sq1) + (sq2 + sq3)).sum();
+  const float shifted_mean = sum / static_cast<float>(cols), centred_sq = sq - sum * shifted_mean;
+  // Not `sq <= 64 * centred_sq` also catches NaN and inf; a constant row (0 <= 0) takes the two passes too, so that
+  // one whose sum overflows gives NaN as torch's does.
+  if (!(sq <= kMaxCancellation * centred_sq && centred_sq > 0.f)) return row_stats_two_pass<V>(x, cols);
+  return {shift + shifted_mean, centred_sq};
+}
+
+// Normalises one row; gamma and beta in the row's pair order (the tail in place); weights_nan_free as returned by
+// nan_free_low_bits.
+template <class V, class T, class W>
+void ln_forward_row(const T* x, const W* gamma, const W* beta, T* y, int64_t cols, float eps, float* mean_out,
+                    float* rstd_out, bool weights_nan_free) {
+  RowStats stats;
+  if constexpr (std::is_same<T, float>::value) stats = row_stats_two_pass<V>(x, cols);
+  else stats = row_stats_one_pass<V>(x, cols);
+  const float mean = stats.mean, rstd = ln_rstd(stats.centred_sq, cols, eps);
 
   const RowNorm<V> norm(mean, rstd);
   // x holds no NaN when its mean is finite, so every NaN of y comes from an invalid operation (inf * 0) or a weight.
@@ -273,23 +338,27 @@ template <class T>
 constexpr bool kPairOrdered = !std::is_same<T, float>::value;
 
 // The weights for rows of T: as they are when they already are in the rows' pair order (fp32 rows; bf16 weights of
-// bf16 rows, a 32-bit lane holding a pair), else (fp32 weights of bf16 rows) copied into it.
-template <class V, class T, class W>
-const W* weights_in_pair_order(const void* w, int64_t cols, std::vector<float>& buffer) {
-  if constexpr (!kPairOrdered<T> || !std::is_same<W, float>::value) {
-    return static_cast<const W*>(w);
+// bf16 rows, a 32-bit lane holding a pair), else (fp32 weights of bf16 rows) copied into it. With `widen`, bf16 weights
+// of bf16 rows are converted to fp32 in pair order too (the forward: see ln_forward_rows_typed).
+template <class T, class W, bool kWiden>
+using RowWeight = std::conditional_t<kPairOrdered<T> && kWiden, float, W>;
+
+template <class V, class T, class W, bool kWiden = false>
+const RowWeight<T, W, kWiden>* weights_in_pair_order(const void* w, int64_t cols, std::vector<float>& buffer) {
+  const W* src = static_cast<const W*>(w);
+  if constexpr (!kPairOrdered<T> || (!kWiden && !std::is_same<W, float>::value)) {
+    return src;
   } else {
-    const float* src = static_cast<const float*>(w);
     constexpr int64_t P = 2 * V::kWidth;
     const int64_t whole = cols - cols % P;
     buffer.resize(cols);
     for (int64_t j = 0; j < whole; j += P) {
       for (int64_t i = 0; i < V::kWidth; ++i) {
-        buffer[j + i] = src[j + 2 * i];
-        buffer[j + V::kWidth + i] = src[j + 2 * i + 1];
+        buffer[j + i] = load_as_float(src, j + 2 * i);
+        buffer[j + V::kWidth + i] = load_as_float(src, j + 2 * i + 1);
       }
     }
-    std::copy(src + whole, src + cols, buffer.data() + whole);
+    for (int64_t j = whole; j < cols; ++j) buffer[j] = load_as_float(src, j);
     return buffer.data();
   }
 }
@@ -325,9 +394,13 @@ void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t
   const T* x = static_cast<const T*>(a.x);
   const T* res = static_cast<const T*>(a.residual);
   std::vector<float> gamma_buf, beta_buf;
-  const W* gamma = weights_in_pair_order<V, T, W>(a.gamma, c, gamma_buf);
-  const W* beta = weights_in_pair_order<V, T, W>(a.beta, c, beta_buf);
-  const bool weights_nan_free = nan_free_low_bits(gamma, c) && nan_free_low_bits(beta, c);
+  // Widened once per call: read as bf16, each vector of gamma and beta cost two more instructions in the last pass
+  // (8192 x 768-1024 bf16, Intel Xeon, one thread: 3-6% faster; the backward, bound by loads, was 3-8% slower).
+  const auto* gamma = weights_in_pair_order<V, T, W, true>(a.gamma, c, gamma_buf);
+  const auto* beta = weights_in_pair_order<V, T, W, true>(a.beta, c, beta_buf);
+  // On the weights as given: a bf16 NaN widened to fp32 keeps zero low bits.
+  const bool weights_nan_free = nan_free_low_bits(static_cast<const W*>(a.gamma), c) &&
+                                nan_free_low_bits(static_cast<const W*>(a.beta), c);
   for (int64_t r = begin; r < end; ++r) {
     if (res == nullptr) prefetch_row(x, r, c, a.rows);
     const T* row = x + r * c;

@@ -124,6 +124,28 @@ def test_bf16_layer_norm_nans_and_infs_match_reference_on_every_path(isa, w_dtyp
         assert torch.equal(torch.isnan(s), torch.isnan(s_ref)) and torch.equal(torch.isnan(y), torch.isnan(y_ref)), isa
 
 
+def test_bf16_layer_norm_statistics_match_fp64_when_the_first_value_is_far_from_the_mean(isa):
+    """bf16 rows take their statistics in one pass, shifted by the row's first value (sum of x - x[0] and of its
+    square); a row whose first value lies far from its mean loses bits to cancellation there and must fall back to the
+    two passes. Rows: an outlier first (1e4 standard deviations out: without the fallback this test fails there),
+    a large common offset (mean 1e3, deviation 1), a constant row (variance exactly 0), and a plain one. The fp32
+    mean and rstd the forward saves must match fp64 statistics of the same bf16 values to 1e-5 relative."""
+    torch.manual_seed(0)
+    for cols in (40, 515, 1024):
+        x = torch.randn(4, cols)
+        x[0, 0] = 1e4
+        x[1] += 1e3
+        x[2] = 3.0
+        x = x.to(torch.bfloat16)
+        w, b = torch.ones(cols, dtype=torch.bfloat16), torch.zeros(cols, dtype=torch.bfloat16)
+        _, mean, rstd = torch.ops.gpt3d_C.layer_norm_fwd(x, w, b, 1e-5)
+        x64 = x.double()
+        mean64 = x64.mean(-1)
+        rstd64 = 1 / torch.sqrt(((x64 - mean64[:, None]) ** 2).mean(-1) + 1e-5)
+        torch.testing.assert_close(mean.double().flatten(), mean64, rtol=1e-5, atol=1e-6, msg=f"{isa} mean, {cols}")
+        torch.testing.assert_close(rstd.double().flatten(), rstd64, rtol=1e-5, atol=0, msg=f"{isa} rstd, {cols}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_softmaxes_match_reference_on_every_path(isa, dtype):
     for sq, sk in ((1, 1), (9, 9), (7, 23), (33, 33), (5, 300)):

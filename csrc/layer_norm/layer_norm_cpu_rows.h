@@ -165,8 +165,9 @@ RowStats row_stats_two_pass(const T* x, int64_t cols) {
 // One pass, for bf16 rows: the sums of d = x - x[0] and of d^2 give mean = x[0] + sum(d) / n and the centred sum of
 // squares sum(d^2) - sum(d)^2 / n. Shifting by a value of the row keeps the cancellation small while x[0] lies within
 // a few standard deviations of the mean; where sum(d^2) exceeds 64x the result (more than 6 of fp32's 24 bits lost),
-// a value is not finite or the result is 0, the row takes the two passes. (8192 x 768-1024 bf16, one thread, Intel Xeon: the forward
-// 7-9% faster on avx512, 10-12% on avx2; fp32 rows, bound by memory, keep the two passes.)
+// a value is not finite or the result is 0, the row takes the two passes. With the widened weights of
+// ln_forward_rows_typed, the bf16 forward ran 2-7% faster on avx512 and 1-13% on avx2 (2048 x 768-2048, one thread,
+// Intel Xeon, builds alternated in one process). fp32 rows, bound by memory, keep the two passes.
 template <class V, class T>
 RowStats row_stats_one_pass(const T* x, int64_t cols) {
   constexpr int64_t P = 2 * V::kWidth;
@@ -395,7 +396,8 @@ void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t
   const T* res = static_cast<const T*>(a.residual);
   std::vector<float> gamma_buf, beta_buf;
   // Widened once per call: read as bf16, each vector of gamma and beta cost two more instructions in the last pass
-  // (8192 x 768-1024 bf16, Intel Xeon, one thread: 3-6% faster; the backward, bound by loads, was 3-8% slower).
+  // (measured with the one-pass statistics, row_stats_one_pass; the backward, bound by loads, was 3-8% slower with
+  // widened gamma, so it reads bf16 weights as they are).
   const auto* gamma = weights_in_pair_order<V, T, W, true>(a.gamma, c, gamma_buf);
   const auto* beta = weights_in_pair_order<V, T, W, true>(a.beta, c, beta_buf);
   // On the weights as given: a bf16 NaN widened to fp32 keeps zero low bits.

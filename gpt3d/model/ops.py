@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .linear import torch_bf16_gemm_is_faster
+from gpt3d.cpuinfo import cpu_info
+
+from .linear import bf16_gemm_beats_fp32
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
@@ -29,26 +31,38 @@ def gelu(x: torch.Tensor, activation: str, impl: str) -> torch.Tensor:
 
 
 # model.dense_attention "auto" takes the blocked explicit core up to these lengths on a CPU (no dropout, no packing
-# mask), where its batched GEMMs beat torch's fused attention. Measured, one thread (docs/benchmarks.md):
-# - fp32 (Intel Xeon): forward + backward 1.45-1.6x at 512, 1.16-1.2x at 1024, about even at 2048 (where the saved
-#   probabilities, b h s^2 / 2 values a layer, are not worth it); forward alone 1.25x at 512 but 0.89x at 1024, hence
-#   the shorter limit when no gradient is needed (evaluation, scoring).
+# mask), where its batched GEMMs beat torch's fused attention. Measured (docs/benchmarks.md):
+# - fp32 (Intel Xeon, one thread): forward + backward 1.45-1.6x at 512, 1.16-1.2x at 1024, about even at 2048 (where
+#   the saved probabilities, b h s^2 / 2 values a layer, are not worth it); forward alone 1.25x at 512 but 0.89x at
+#   1024, hence the shorter limit when no gradient is needed (evaluation, scoring).
 # - bf16, only where torch's bf16 GEMM is the fast one (gpt3d/model/linear.py; elsewhere the blocks' bf16 bmm would
 #   be slow): on an AMD EPYC (Zen 5) forward 1.57-2.21x at 512 and 1.65x at 1024, forward + backward 2.8-3.0x at 512
 #   and 1.7x at 1024 and 2048, so the training limit holds with or without a gradient.
+# - bf16 on a CPU with AMX (Intel Xeon, 1 and 2 threads): torch's fused attention runs its bf16 tiles on AMX as well,
+#   and the blocked forward was 0.30-0.66x of it at 512-2048; forward + backward 1.37-1.61x at 512, 0.87-1.01x at
+#   1024. So training up to 512, and never forward only (generation, evaluation).
 AUTO_BLOCKED_MAX_SEQ = 1024
 AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY = 512
+AUTO_BLOCKED_MAX_SEQ_AMX_BF16 = 512
+
+
+def blocked_max_seq(dtype: torch.dtype, needs_grad: bool, flags: frozenset[str] | set[str], vendor: str) -> int:
+    """auto's longest sequence for the blocked core (0: never) on a CPU with these /proc/cpuinfo flags and vendor id."""
+    if dtype == torch.float32:
+        return AUTO_BLOCKED_MAX_SEQ if needs_grad else AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY
+    if dtype == torch.bfloat16 and bf16_gemm_beats_fp32(flags, vendor):
+        if "amx_bf16" in flags:
+            return AUTO_BLOCKED_MAX_SEQ_AMX_BF16 if needs_grad else 0
+        return AUTO_BLOCKED_MAX_SEQ
+    return 0
 
 
 def _blocked_max_seq(q: torch.Tensor) -> int:
     """auto's longest sequence for the blocked core (0: never) for this query tensor."""
     if q.device.type != "cpu":
         return 0
-    if q.dtype == torch.float32:
-        return AUTO_BLOCKED_MAX_SEQ if q.requires_grad else AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY
-    if q.dtype == torch.bfloat16 and torch_bf16_gemm_is_faster():
-        return AUTO_BLOCKED_MAX_SEQ
-    return 0
+    info = cpu_info()
+    return blocked_max_seq(q.dtype, q.requires_grad, info.flags, info.vendor)
 
 
 def resolve_dense_core(core: str, q: torch.Tensor, dropout_p: float, mask: torch.Tensor | None,

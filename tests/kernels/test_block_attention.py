@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from gpt3d import kernels
 from gpt3d.config import ConfigError, ModelConfig
-from gpt3d.model.linear import torch_bf16_gemm_is_faster
-from gpt3d.model.ops import AUTO_BLOCKED_MAX_SEQ, AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY, resolve_dense_core
+from gpt3d.cpuinfo import cpu_info
+from gpt3d.model.ops import (AUTO_BLOCKED_MAX_SEQ, AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY, blocked_max_seq,
+                             resolve_dense_core)
 from gpt3d.planner.sparsity import blocked_score_fraction
 
 # fp32 against the float64 reference: the GEMMs and the softmax round at ~1e-7 relative; outputs and gradients are
@@ -87,19 +88,38 @@ def test_auto_takes_the_blocked_core_only_for_short_cpu_attention_in_fp32_or_fas
     # forward only (evaluation): the blocked forward is faster only up to the shorter limit
     assert resolve_dense_core("auto", q.detach()[..., :AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY, :], 0.0, None) == "blocked"
     assert resolve_dense_core("auto", q.detach()[..., :AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY + 1, :], 0.0, None) == "sdpa"
-    # bf16: blocked only where torch's bf16 GEMM is the fast one (its bmm), and then up to the training limit
-    fast_bf16 = torch_bf16_gemm_is_faster()
-    q16 = q.detach().bfloat16()
-    assert resolve_dense_core("auto", q16, 0.0, None) == ("blocked" if fast_bf16 else "sdpa")
-    assert resolve_dense_core("auto", q16.requires_grad_(), 0.0, None) == ("blocked" if fast_bf16 else "sdpa")
-    assert resolve_dense_core("auto", torch.zeros(1, 1, AUTO_BLOCKED_MAX_SEQ + 1, 8, dtype=torch.bfloat16), 0.0,
-                              None) == "sdpa"
+    # bf16: by this CPU's limits (blocked_max_seq, checked for each kind of CPU below), up to them and not beyond
+    info = cpu_info()
+    for needs_grad in (False, True):
+        limit = blocked_max_seq(torch.bfloat16, needs_grad, info.flags, info.vendor)
+        for seq in (64, limit, limit + 1):
+            if seq == 0:
+                continue
+            x = torch.zeros(1, 1, seq, 8, dtype=torch.bfloat16, requires_grad=needs_grad)
+            assert resolve_dense_core("auto", x, 0.0, None) == ("blocked" if seq <= limit else "sdpa"), (seq, limit)
     assert resolve_dense_core("auto", q.half(), 0.0, None) == "sdpa"
     assert resolve_dense_core("auto", q, 0.1, None) == "sdpa"
     assert resolve_dense_core("auto", q[..., :4, :], 0.0, mask) == "sdpa"
     assert resolve_dense_core("auto", q, 0.0, None, impl="reference") == "sdpa"  # torch's softmax per block: slower
     for core in ("sdpa", "softmax", "blocked"):
         assert resolve_dense_core(core, q.bfloat16(), 0.1, mask) == core
+
+
+@pytest.mark.parametrize("machine, flags, vendor, training, forward_only", [
+    # AMX: torch's fused attention runs bf16 on AMX too; the blocked forward alone was 0.30-0.66x of it
+    ("Intel Xeon with AMX", {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "GenuineIntel", 512, 0),
+    # AVX512-BF16 where MKL takes its non-Intel path: torch's bf16 GEMM is the fast one, blocked wins 1.6-3.0x
+    ("AMD EPYC (Zen 5)", {"avx512f", "avx512_bf16"}, "AuthenticAMD", 1024, 1024),
+    # torch's bf16 GEMM slower than the fp32 route: the blocks' bf16 bmm would be slow
+    ("Intel Xeon, AVX512-BF16 without AMX", {"avx512f", "avx512_bf16"}, "GenuineIntel", 0, 0),
+    ("AVX2 only", {"avx2", "fma"}, "AuthenticAMD", 0, 0)])
+def test_auto_limits_of_the_blocked_core_follow_the_kind_of_cpu(machine, flags, vendor, training, forward_only):
+    flags = frozenset(flags)
+    assert blocked_max_seq(torch.bfloat16, True, flags, vendor) == training, machine
+    assert blocked_max_seq(torch.bfloat16, False, flags, vendor) == forward_only, machine
+    assert blocked_max_seq(torch.float32, True, flags, vendor) == AUTO_BLOCKED_MAX_SEQ == 1024, machine
+    assert blocked_max_seq(torch.float32, False, flags, vendor) == AUTO_BLOCKED_MAX_SEQ_FORWARD_ONLY == 512, machine
+    assert blocked_max_seq(torch.float16, True, flags, vendor) == 0, machine
 
 
 def test_blocked_core_with_attention_dropout_is_a_config_error():

@@ -339,7 +339,7 @@ template <class T>
 constexpr bool kPairOrdered = !std::is_same<T, float>::value;
 
 // The weights for rows of T: as they are when they already are in the rows' pair order (fp32 rows; bf16 weights of
-// bf16 rows, a 32-bit lane holding a pair), else (fp32 weights of bf16 rows) copied into it. With `widen`, bf16 weights
+// bf16 rows, a 32-bit lane holding a pair), else (fp32 weights of bf16 rows) copied into it. With kWiden, bf16 weights
 // of bf16 rows are converted to fp32 in pair order too (the forward: see ln_forward_rows_typed).
 template <class T, class W, bool kWiden>
 using RowWeight = std::conditional_t<kPairOrdered<T> && kWiden, float, W>;

@@ -124,16 +124,18 @@ def test_bf16_layer_norm_nans_and_infs_match_reference_on_every_path(isa, w_dtyp
         assert torch.equal(torch.isnan(s), torch.isnan(s_ref)) and torch.equal(torch.isnan(y), torch.isnan(y_ref)), isa
 
 
-def test_bf16_layer_norm_statistics_match_fp64_when_the_first_value_is_far_from_the_mean(isa):
-    """bf16 rows take their statistics in one pass, shifted by the row's first value (sum of x - x[0] and of its
-    square); a row whose first value lies far from its mean loses bits to cancellation there and must fall back to the
-    two passes. Rows: an outlier first (1e4 standard deviations out: without the fallback this test fails there),
-    a large common offset (mean 1e3, deviation 1), a constant row (variance exactly 0), and a plain one. The fp32
-    mean and rstd the forward saves must match fp64 statistics of the same bf16 values to 1e-5 relative."""
+def test_bf16_layer_norm_statistics_match_fp64_when_the_shift_is_far_from_the_mean(isa):
+    """bf16 rows take their statistics in one pass, shifted by s, the median of the row's first, middle and last
+    values (sums of x - s and of its square); where s lies far from the mean, cancellation loses bits and the row must
+    fall back to the two passes. Rows: an outlier first (1e4 standard deviations out: the median ignores it), outliers
+    first and in the middle (the median is one: without the fallback this test fails there), a large common offset
+    (mean 1e3, deviation 1), a constant row (variance exactly 0), and a plain one. The fp32 mean and rstd the forward
+    saves must match fp64 statistics of the same bf16 values to 1e-5 relative."""
     torch.manual_seed(0)
     for cols in (40, 515, 1024):
-        x = torch.randn(4, cols)
+        x = torch.randn(5, cols)
         x[0, 0] = 1e4
+        x[4, 0] = x[4, cols // 2] = 1e4
         x[1] += 1e3
         x[2] = 3.0
         x = x.to(torch.bfloat16)

@@ -112,13 +112,63 @@ struct RowStats {
   float mean, centred_sq;
 };
 
+// Sums over a row of d = x - centre and of d^2.
+struct DeviationSums {
+  float sum, sq;
+};
+
+// Both sums (kWithSum) or d^2's alone, with four accumulators of each: an add or FMA has a latency of 4 cycles and two
+// issue per cycle, and two accumulators left the statistics passes latency-bound (0.9x eager on AVX2).
+template <bool kWithSum, class V, class T>
+DeviationSums deviation_sums(const T* x, int64_t cols, float centre) {
+  constexpr int64_t P = 2 * V::kWidth;
+  const int64_t whole = cols - cols % P, doubles = cols - cols % (2 * P);
+  const V vcentre = V::set1(centre);
+  V sum0 = V::zero(), sum1 = V::zero(), sum2 = V::zero(), sum3 = V::zero(), a0, b0, a1, b1;
+  V sq0 = V::zero(), sq1 = V::zero(), sq2 = V::zero(), sq3 = V::zero();
+  int64_t j = 0;
+  for (; j < doubles; j += 2 * P) {
+    load_pairs(x + j, a0, b0);
+    load_pairs(x + j + P, a1, b1);
+    a0 = a0 - vcentre, b0 = b0 - vcentre, a1 = a1 - vcentre, b1 = b1 - vcentre;
+    if constexpr (kWithSum) {
+      sum0 = sum0 + a0;
+      sum1 = sum1 + b0;
+      sum2 = sum2 + a1;
+      sum3 = sum3 + b1;
+    }
+    sq0 = fmadd(a0, a0, sq0);
+    sq1 = fmadd(b0, b0, sq1);
+    sq2 = fmadd(a1, a1, sq2);
+    sq3 = fmadd(b1, b1, sq3);
+  }
+  for (; j < whole; j += P) {
+    load_pairs(x + j, a0, b0);
+    a0 = a0 - vcentre, b0 = b0 - vcentre;
+    if constexpr (kWithSum) {
+      sum0 = sum0 + a0;
+      sum1 = sum1 + b0;
+    }
+    sq0 = fmadd(a0, a0, sq0);
+    sq1 = fmadd(b0, b0, sq1);
+  }
+  for (; j < cols; j += V::kWidth) {
+    const int n = lanes<V>(cols, j);
+    const V d = V::select(V::first(n), V::load(x + j, n) - vcentre, V::zero());
+    if constexpr (kWithSum) sum2 = sum2 + d;
+    sq2 = fmadd(d, d, sq2);
+  }
+  const float sq = ((sq0 + sq1) + (sq2 + sq3)).sum();
+  if constexpr (kWithSum) return {((sum0 + sum1) + (sum2 + sum3)).sum(), sq};
+  return {0.f, sq};
+}
+
 // Two passes: the mean, then the squared deviations from it (exact centring).
 template <class V, class T>
 RowStats row_stats_two_pass(const T* x, int64_t cols) {
   constexpr int64_t P = 2 * V::kWidth;
   const int64_t whole = cols - cols % P, doubles = cols - cols % (2 * P);
-  // Four accumulators (an add or FMA has a latency of 4 cycles and two issue per cycle: two accumulators left the
-  // statistics passes latency-bound, 0.9x eager on AVX2).
+  // Four accumulators, as in deviation_sums.
   V acc0 = V::zero(), acc1 = V::zero(), acc2 = V::zero(), acc3 = V::zero(), a0, b0, a1, b1;
   int64_t j = 0;
   for (; j < doubles; j += 2 * P) {
@@ -136,30 +186,7 @@ RowStats row_stats_two_pass(const T* x, int64_t cols) {
   }
   for (; j < cols; j += V::kWidth) acc2 = acc2 + V::load(x + j, lanes<V>(cols, j));
   const float mean = ((acc0 + acc1) + (acc2 + acc3)).sum() / static_cast<float>(cols);
-
-  const V vmean = V::set1(mean);
-  acc0 = acc1 = acc2 = acc3 = V::zero();
-  for (j = 0; j < doubles; j += 2 * P) {
-    load_pairs(x + j, a0, b0);
-    load_pairs(x + j + P, a1, b1);
-    a0 = a0 - vmean, b0 = b0 - vmean, a1 = a1 - vmean, b1 = b1 - vmean;
-    acc0 = fmadd(a0, a0, acc0);
-    acc1 = fmadd(b0, b0, acc1);
-    acc2 = fmadd(a1, a1, acc2);
-    acc3 = fmadd(b1, b1, acc3);
-  }
-  for (; j < whole; j += P) {
-    load_pairs(x + j, a0, b0);
-    a0 = a0 - vmean, b0 = b0 - vmean;
-    acc0 = fmadd(a0, a0, acc0);
-    acc1 = fmadd(b0, b0, acc1);
-  }
-  for (; j < cols; j += V::kWidth) {
-    const int n = lanes<V>(cols, j);
-    const V d = V::select(V::first(n), V::load(x + j, n) - vmean, V::zero());
-    acc2 = fmadd(d, d, acc2);
-  }
-  return {mean, ((acc0 + acc1) + (acc2 + acc3)).sum()};
+  return {mean, deviation_sums<false, V>(x, cols, mean).sq};
 }
 
 // One pass, for bf16 rows: the sums of d = x - s and of d^2, with s the median of the row's first, middle and last
@@ -173,44 +200,10 @@ RowStats row_stats_two_pass(const T* x, int64_t cols) {
 // process). fp32 rows, bound by memory, keep the two passes.
 template <class V, class T>
 RowStats row_stats_one_pass(const T* x, int64_t cols) {
-  constexpr int64_t P = 2 * V::kWidth;
   constexpr float kMaxCancellation = 64.f;
-  const int64_t whole = cols - cols % P, doubles = cols - cols % (2 * P);
   const float first = load_as_float(x, 0), middle = load_as_float(x, cols / 2), last = load_as_float(x, cols - 1);
   const float shift = std::max(std::min(first, middle), std::min(std::max(first, middle), last));
-  const V vshift = V::set1(shift);
-  // Four accumulators of each sum, as in the two passes.
-  V sum0 = V::zero(), sum1 = V::zero(), sum2 = V::zero(), sum3 = V::zero(), a0, b0, a1, b1;
-  V sq0 = V::zero(), sq1 = V::zero(), sq2 = V::zero(), sq3 = V::zero();
-  int64_t j = 0;
-  for (; j < doubles; j += 2 * P) {
-    load_pairs(x + j, a0, b0);
-    load_pairs(x + j + P, a1, b1);
-    a0 = a0 - vshift, b0 = b0 - vshift, a1 = a1 - vshift, b1 = b1 - vshift;
-    sum0 = sum0 + a0;
-    sum1 = sum1 + b0;
-    sum2 = sum2 + a1;
-    sum3 = sum3 + b1;
-    sq0 = fmadd(a0, a0, sq0);
-    sq1 = fmadd(b0, b0, sq1);
-    sq2 = fmadd(a1, a1, sq2);
-    sq3 = fmadd(b1, b1, sq3);
-  }
-  for (; j < whole; j += P) {
-    load_pairs(x + j, a0, b0);
-    a0 = a0 - vshift, b0 = b0 - vshift;
-    sum0 = sum0 + a0;
-    sum1 = sum1 + b0;
-    sq0 = fmadd(a0, a0, sq0);
-    sq1 = fmadd(b0, b0, sq1);
-  }
-  for (; j < cols; j += V::kWidth) {
-    const int n = lanes<V>(cols, j);
-    const V d = V::select(V::first(n), V::load(x + j, n) - vshift, V::zero());
-    sum2 = sum2 + d;
-    sq2 = fmadd(d, d, sq2);
-  }
-  const float sum = ((sum0 + sum1) + (sum2 + sum3)).sum(), sq = ((sq0 + sq1) + (sq2 + sq3)).sum();
+  const auto [sum, sq] = deviation_sums<true, V>(x, cols, shift);
   const float shifted_mean = sum / static_cast<float>(cols), centred_sq = sq - sum * shifted_mean;
   // Not `sq <= 64 * centred_sq` also catches NaN and inf; a constant row (0 <= 0) takes the two passes too, so that
   // one whose sum overflows gives NaN as torch's does.

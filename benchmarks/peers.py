@@ -86,11 +86,13 @@ def run(job: dict) -> dict:
     torch.multiprocessing.spawn(worker, args=(job,), nprocs=job["world"], join=True)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(job["world"])]
     seconds = [max(r["seconds"][i] for r in ranks) for i in range(len(ranks[0]["seconds"]))]
+    gemm_s = None
     if job.get("profile"):
         seconds = seconds[:-1]  # the profiled step
+        gemm_s = max(json.loads((out / f"gemm-rank{r}.json").read_text())["linear_gemm_s"] for r in range(job["world"]))
     return {"loss": ranks[0]["losses"][-1], "losses": ranks[0]["losses"],
             "step_s": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
-            "peak_rss": [r["peak_rss"] for r in ranks]}
+            "peak_rss": [r["peak_rss"] for r in ranks], "linear_gemm_s": gemm_s}
 
 
 def prepare(work: Path, spec: dict, steps: int, global_batch: int) -> tuple[str, str]:
@@ -124,7 +126,9 @@ def main() -> None:
     p.add_argument("--profile", action="store_true",
                    help="profile the last step of every run (torch.profiler, CPU ops by self time, then by op and "
                         "input shape); the tables are written to <run dir>/profile-rank<r>.txt (excluded from the "
-                        "step times: the last step)")
+                        "step times: the last step). Each row then also shows the slowest rank's time in the linear "
+                        "layers' and head's GEMMs in that step (gpt3d/profiler/gemm_floor.py), and each peer's row "
+                        "its step time over gpt3d's GEMM time: gpt3d's ceiling over it were all else free")
     args = p.parse_args()
     spec = ({"layers": 2, "d_model": 128, "heads": 4, "seq": 128, "vocab": 1024} if args.quick else
             {"layers": 6, "d_model": 512, "heads": 8, "seq": 512, "vocab": 8192})
@@ -160,6 +164,7 @@ def main() -> None:
                            "megatron_first_stage_layers": megatron_first}
                     runs[framework].append(run(job))
             ours = statistics.median(r["step_s"] for r in runs["gpt3d"])
+            our_gemm_s = statistics.median(r["linear_gemm_s"] for r in runs["gpt3d"]) if args.profile else None
             for framework in frameworks:
                 r, times = runs[framework][0], [x["step_s"] for x in runs[framework]]
                 step_s = statistics.median(times)
@@ -170,6 +175,10 @@ def main() -> None:
                 rss = "/".join(f"{max(x['peak_rss'][i] for x in runs[framework]) / 2**20:.0f}"
                                for i in range(len(r["peak_rss"]))) + " MB"
                 ratio = "" if framework == "gpt3d" else f"{step_s / ours:.2f}x"
+                if args.profile:  # gpt3d/profiler/gemm_floor.py: the slowest rank's linear GEMMs, profiled step
+                    gemm_s = statistics.median(x["linear_gemm_s"] for x in runs[framework])
+                    ceiling = "" if framework == "gpt3d" else f", ceiling {step_s / our_gemm_s:.2f}x"
+                    spread += f"  [linear GEMMs {gemm_s:.3f} s{ceiling}]"
                 print(f"{layout:6} {dtype:5} {NAMES[framework]:15} {step_s:7.2f} "
                       f"{global_batch * spec['seq'] / step_s:9.0f} {rss:>16} {r['loss']:10.4f}  {ratio}{spread}"
                       f"{'' if agree else '  DIFFERS (losses ' + str([round(x, 4) for x in r['losses']]) + ')'}",

@@ -11,7 +11,9 @@ the same run ("of GEMM", not an MFU), the speed ratio over Hugging Face, and ove
 model.bf16_matmul=bf16 (torch's bf16 GEMMs), to show what auto's choice of GEMM (gpt3d/model/linear.py) is worth. In
 fp32, where gpt3d's fp32 GEMMs go to oneDNN (gpt3d/model/gemm.py: AMD CPUs with AVX-512, where MKL runs its non-Intel
 path), "gpt3d torch GEMM" is gpt3d auto with torch's own fp32 GEMM, the one Hugging Face runs: the library's share
-of the ratio. "of GEMM" is against the fastest GEMM route measured. Every run shares this process and so its malloc
+of the ratio. "of GEMM" is against the fastest GEMM route measured. Last per dtype: the time one more (profiled) step
+of gpt3d auto and of Hugging Face spends in the linear layers' and the head's GEMMs, and Hugging Face's step time over
+gpt3d's: how far ahead gpt3d could be if nothing but those GEMMs took time (gpt3d/profiler/gemm_floor.py). Every run shares this process and so its malloc
 settings: gpt3d's CPU runtime keeps freed memory in the heap (gpt3d/heap.py), applied here before any run, so that
 Hugging Face's step reuses its pages too (GPT3D_MALLOC=system runs both with glibc's defaults). Usage:
     python benchmarks/train_step.py [--layers 6 --d-model 512 --heads 8 --seq 512 --batch 4 --steps 9 --quick]
@@ -32,11 +34,13 @@ from gpt3d.config import load_config
 from gpt3d.heap import keep_freed_memory
 from gpt3d.model import gemm
 from gpt3d.model.flops import megatron_model_flops
+from gpt3d.profiler.gemm_floor import linear_gemm_seconds
 from gpt3d.profiler.cpu_peak import cpu_peak_tflops
 from gpt3d.train.runtime import init_runtime
 from gpt3d.train.trainer import Trainer
 
 
+HF_VOCAB = 50257  # GPT-2's; gpt3d pads it to a multiple of 128 (50304), as Megatron-LM does
 ROUNDS = 3  # alternate gpt3d and HF rounds; each side's best round median is reported (a shared machine is noisy)
 
 
@@ -80,6 +84,13 @@ def with_fp32_gemm(library: str, step):
     return run
 
 
+def profiled_linear_gemm_seconds(step, tokens: int, widths: set[int]) -> float:
+    """Seconds one step spends in its linear layers' GEMMs (torch.profiler; gpt3d/profiler/gemm_floor.py)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        step()
+    return linear_gemm_seconds(profile, tokens, widths)
+
+
 def time_steps(step, steps: int) -> float:
     step()  # warm-up (allocations, first-call costs)
     times = []
@@ -103,7 +114,7 @@ def gpt3d_step_fn(args, dtype: str, batch: np.ndarray, kernels: str, bf16_matmul
 def hf_step_fn(args, dtype: str, batch: np.ndarray):
     from transformers import GPT2Config, GPT2LMHeadModel
     config = GPT2Config(n_layer=args.layers, n_embd=args.d_model, n_head=args.heads, n_positions=args.seq,
-                        vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        vocab_size=HF_VOCAB, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         attn_implementation="sdpa", activation_function="gelu_pytorch_tanh")
     model = GPT2LMHeadModel(config)
     model.train()
@@ -138,7 +149,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     heap = "freed memory kept in the heap" if keep_freed_memory() else "glibc's default malloc settings"
     torch.manual_seed(0)
-    batch = np.random.default_rng(0).integers(0, 50257, size=(args.batch, args.seq + 1)).astype(np.int64)
+    batch = np.random.default_rng(0).integers(0, HF_VOCAB, size=(args.batch, args.seq + 1)).astype(np.int64)
     threads = torch.get_num_threads()
     print(f"config: {args.layers} layers, d {args.d_model}, {args.heads} heads, seq {args.seq}, batch {args.batch}; "
           f"{threads} threads; {cpu_peak_tflops(torch.float32, threads)[1]}; every run: {heap}")
@@ -170,6 +181,12 @@ def main() -> None:
             print(f"{dtype:6} {name:15} {t * 1e3:9.1f} {tokens / t:10.0f} {tflops:8.3f} {tflops / peak:6.1%} "
                   f"{tflops / gemm_rate:8.1%}  {t_hf / t:.2f}x  {t_ref / t:.2f}x")
         print(f"{dtype}: hardware peak {peak:.3f} TFLOP/s; best measured GEMM ({gemm_route}) {gemm_rate:.3f} TFLOP/s")
+        widths = {args.d_model, 3 * args.d_model, cfg.model.d_ff, cfg.model.padded_vocab_size, HF_VOCAB}
+        ours, theirs = (profiled_linear_gemm_seconds(runs[name], tokens, widths)
+                        for name in ("gpt3d auto", "hf (fused AdamW)"))
+        print(f"{dtype}: linear-layer and head GEMMs (one more profiled step each; gpt3d/profiler/gemm_floor.py): "
+              f"gpt3d auto {ours * 1e3:.0f} ms, hf {theirs * 1e3:.0f} ms. hf's step / gpt3d's GEMMs = {t_hf / ours:.2f}x: "
+              f"gpt3d auto's ceiling over hf were all else free")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from gpt3d.heap import keep_freed_memory
+from gpt3d.profiler.gemm_floor import linear_gemm_seconds
 
 SEED = 1234  # gpt3d's train.seed: its layout-independent init is the initial weights every framework starts from
 
@@ -46,6 +47,13 @@ def compute_dtype(job: dict) -> torch.dtype:
     return torch.bfloat16 if job["dtype"] == "bf16" else torch.float32
 
 
+def linear_widths(job: dict) -> set[int]:
+    """The linear layers' and the head's widths as one rank holds them (halved for tensor parallelism)."""
+    s = job["spec"]
+    widths = {s["d_model"], 3 * s["d_model"], 4 * s["d_model"], s["vocab"]}
+    return widths | {w // 2 for w in widths} if job["layout"] == "tp2" else widths
+
+
 def timed_steps(step, job: dict) -> tuple[list[float], list[float]]:
     """Run step(i, tokens[i]) -> global mean loss for every step; (losses, seconds per step), all ranks in lockstep."""
     data = batches(job)
@@ -67,8 +75,12 @@ def timed_steps(step, job: dict) -> tuple[list[float], list[float]]:
             rank = torch.distributed.get_rank()
             by_shape = profiler.key_averages(group_by_input_shape=True).table(
                 sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=40, max_shapes_column_width=70)
+            gemm_s = linear_gemm_seconds(profiler, job["micro_batch"] * job["spec"]["seq"], linear_widths(job))
             with open(os.path.join(job["out"], f"profile-rank{rank}.txt"), "w") as fh:
-                fh.write(table + "\n\nBy input shape:\n" + by_shape)
+                fh.write(f"linear-layer and head GEMMs (gpt3d/profiler/gemm_floor.py): {gemm_s * 1e3:.1f} ms\n\n"
+                         + table + "\n\nBy input shape:\n" + by_shape)
+            with open(os.path.join(job["out"], f"gemm-rank{rank}.json"), "w") as fh:
+                json.dump({"linear_gemm_s": gemm_s}, fh)
     return losses, seconds
 
 

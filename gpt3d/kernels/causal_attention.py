@@ -9,16 +9,24 @@ block's key and value gradients in place into the visible prefix.
 q, k, v are [b, h, s, d]. The saved probabilities hold the visible scores only: b h (s^2 + s block) / 2 values
 against s^2 unblocked (torch's fused attention keeps none and recomputes them in backward).
 
+Two implementations compute the same blocks. fp32 on a CPU with the fused kernels takes the C++ op
+(csrc/attention/: one head at a time on each thread, so the head's K, V and block scores stay in its cache, with the
+BLAS GEMM torch links and the softmax rows of the fused softmax kernel). Everything else (bf16, `impl` reference, a
+torch without BLAS) runs the blocks over all heads at once as torch batched GEMMs here in Python.
+
 Why: on a CPU, torch's fused attention (flash attention for CPU) works on small tiles and runs well below the GEMM
-rate, while these blocks are plain batched GEMMs. Measured (one thread, fp32, b 2, 8 heads, d 64, docs/benchmarks.md):
-forward + backward 1.6x faster than torch's at s 512, 1.2x at 1024, about even at 2048. Block 64 was the fastest
-of 64 / 128 / 256 at every length: smaller blocks skip more of the masked triangle.
+rate, while these blocks are plain GEMMs. Measured (fp32, 8 heads, d 64, docs/benchmarks.md): the batched-GEMM form
+was 1.6x faster than torch's forward + backward at s 512 and one thread, 1.2x at 1024, about even at 2048; the C++
+op on an Intel Xeon (AMX), 2 threads, 2.1x / 1.4x / 1.16x at 512 / 1024 / 2048 (one thread 2.0x / 1.5x / 1.18x).
+Block 64 was the fastest of 64 / 128 / 256 at every length: smaller blocks skip more of the masked triangle.
 """
 from __future__ import annotations
 
 import torch
 
-from gpt3d.kernels import _select, reference
+import functools
+
+from gpt3d.kernels import _ext, _select, reference
 from gpt3d.kernels.softmax import _AVAILABLE, _DEVICES
 
 DEFAULT_BLOCK = 64
@@ -36,7 +44,21 @@ def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     _select.require_floating("block_causal_attention", "q", q)
     fused = (_select.resolve(impl, "scaled_causal_softmax", q) == "fused"
              and _select.use_fused("scaled_causal_softmax", _AVAILABLE, _DEVICES, q))
+    if fused and takes_native_kernel(q):
+        return _NativeBlockCausalAttention.apply(q, k, v, float(scale), block)
     return _BlockCausalAttention.apply(q, k, v, float(scale), block, fused)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_available() -> bool:
+    return (_ext.has_op("block_causal_attention_fwd")
+            and bool(torch.ops.gpt3d_C.block_causal_attention_has_blas()))
+
+
+def takes_native_kernel(q: torch.Tensor) -> bool:
+    """Whether blocks over this tensor run the C++ op (fp32 on a CPU, extension built, torch with a BLAS), given
+    that the fused softmax was chosen."""
+    return q.dtype == torch.float32 and q.device.type == "cpu" and _native_available()
 
 
 def takes_fused_softmax(q: torch.Tensor, impl: str) -> bool:
@@ -64,6 +86,27 @@ def _softmax_backward(dprobs: torch.Tensor, probs: torch.Tensor, scale: float, f
 def _row_blocks(seq: int, block: int):
     for start in range(0, seq, block):
         yield start, min(start + block, seq)
+
+
+class _NativeBlockCausalAttention(torch.autograd.Function):
+    """The blocks by gpt3d_C::block_causal_attention_{fwd,bwd} (csrc/attention/)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float, block: int):
+        b, h, s, d = q.shape
+        q3, k3, v3 = (t.reshape(b * h, s, d).contiguous() for t in (q, k, v))  # saved: no copy again in backward
+        out, probs = torch.ops.gpt3d_C.block_causal_attention_fwd(q3, k3, v3, scale, block)
+        ctx.save_for_backward(q3, k3, v3, probs)
+        ctx.scale, ctx.block, ctx.shape = scale, block, (b, h, s, d)
+        return out.view(b, h, s, d)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q3, k3, v3, probs = ctx.saved_tensors
+        b, h, s, d = ctx.shape
+        dq, dk, dv = torch.ops.gpt3d_C.block_causal_attention_bwd(dout.reshape(b * h, s, d), q3, k3, v3, probs,
+                                                                  ctx.scale, ctx.block)
+        return dq.view(b, h, s, d), dk.view(b, h, s, d), dv.view(b, h, s, d), None, None
 
 
 class _BlockCausalAttention(torch.autograd.Function):
@@ -95,3 +138,25 @@ class _BlockCausalAttention(torch.autograd.Function):
             torch.bmm(ds, k3[:, :end], out=dq[:, start:end])
             dk[:, :end].baddbmm_(ds.transpose(1, 2), q3[:, start:end])
         return dq.view(b, h, s, d), dk.view(b, h, s, d), dv.view(b, h, s, d), None, None, None
+
+
+def block_probs_per_head(s: int, block: int) -> int:
+    """Floats of one head's saved probabilities in the C++ op: each block's rows times the keys it sees."""
+    return sum((min(start + block, s) - start) * min(start + block, s) for start in range(0, s, block))
+
+
+def _register() -> None:
+    """Fake kernels (shapes only, for torch.compile / meta tensors) of the C++ ops; their autograd is
+    _NativeBlockCausalAttention."""
+
+    @torch.library.register_fake("gpt3d_C::block_causal_attention_fwd")
+    def _fwd_fake(q, k, v, scale, block):
+        return q.new_empty(q.shape), q.new_empty((q.shape[0], block_probs_per_head(q.shape[1], block)))
+
+    @torch.library.register_fake("gpt3d_C::block_causal_attention_bwd")
+    def _bwd_fake(dout, q, k, v, probs, scale, block):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+if _ext.has_op("block_causal_attention_fwd"):
+    _register()

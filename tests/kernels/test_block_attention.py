@@ -66,6 +66,46 @@ def test_saves_only_the_visible_blocks(seq, block):
     assert probs == round(blocked_score_fraction(seq, block) * 2 * seq * seq)
 
 
+def test_fp32_on_the_cpu_runs_the_cpp_op_and_agrees_with_the_batched_gemm_blocks():
+    """fused fp32 takes gpt3d_C::block_causal_attention_{fwd,bwd}; the same blocks as torch batched GEMMs (the path
+    of bf16 and of a torch without BLAS) give the same numbers up to fp32 rounding, and so does the strided-view
+    input the model passes."""
+    from gpt3d.kernels.causal_attention import _BlockCausalAttention
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 100, 3 * 4 * 16, requires_grad=True)
+    q, k, v = qkv.view(2, 100, 4, 3, 16).permute(3, 0, 2, 1, 4).unbind(0)
+    out = kernels.block_causal_attention(q, k, v, 0.25, block=32)
+    assert type(out.grad_fn).__name__ == "_NativeBlockCausalAttentionBackward"
+    batched = _BlockCausalAttention.apply(q, k, v, 0.25, 32, True)
+    dout = torch.randn_like(out)
+    (g,), (g_batched,) = torch.autograd.grad(out, qkv, dout), torch.autograd.grad(batched, qkv, dout)
+    torch.testing.assert_close(out, batched, atol=2e-6, rtol=2e-6)  # the same products, summed in other orders
+    torch.testing.assert_close(g, g_batched, atol=2e-5, rtol=2e-5)
+    bf16 = kernels.block_causal_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.25, block=32)
+    assert type(bf16.grad_fn).__name__ == "_BlockCausalAttentionBackward"
+
+
+def test_the_cpp_op_refuses_bad_input_with_one_clear_error():
+    q = torch.randn(3, 10, 8)
+    fwd, bwd = torch.ops.gpt3d_C.block_causal_attention_fwd, torch.ops.gpt3d_C.block_causal_attention_bwd
+    with pytest.raises(RuntimeError, match=r"block_causal_attention_fwd: k has dtype BFloat16 but this kernel takes "
+                                           r"float32; call gpt3d.kernels.block_causal_attention"):
+        fwd(q, q.bfloat16(), q, 0.5, 4)
+    with pytest.raises(RuntimeError, match=r"block_causal_attention_fwd: v has shape \[3, 9, 8\] but q has shape "
+                                           r"\[3, 10, 8\]; they must match"):
+        fwd(q, q, q[:, :9], 0.5, 4)
+    with pytest.raises(RuntimeError, match=r"block_causal_attention_fwd: q must be \[heads, seq, head_dim\], got "
+                                           r"shape \[1, 3, 10, 8\]"):
+        fwd(q[None], q[None], q[None], 0.5, 4)
+    with pytest.raises(RuntimeError, match="block_causal_attention_fwd: block must be at least 1, got 0"):
+        fwd(q, q, q, 0.5, 0)
+    _, probs = fwd(q, q, q, 0.5, 4)
+    assert probs.shape == (3, 4 * 4 + 4 * 8 + 2 * 10)  # blocks [0,4), [4,8), [8,10): rows x visible keys
+    with pytest.raises(RuntimeError, match=r"block_causal_attention_bwd: probs has shape \[3, 68\] and dtype Float "
+                                           r"but must be the forward's float32 \[3, 75\] for seq 10 and block 5"):
+        bwd(q, q, q, q, probs, 0.5, 5)
+
+
 def test_bad_input_is_one_clear_error():
     q = torch.randn(1, 2, 8, 4)
     with pytest.raises(ValueError, match=r"q, k and v must share one \[batch, heads, seq, head_dim\] shape, got "

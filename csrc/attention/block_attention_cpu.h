@@ -1,0 +1,27 @@
+// Torch-free CPU entry points of the blocked causal attention (fp32; OpenMP over heads, BLAS GEMMs per block).
+#pragma once
+#include <cstdint>
+
+#include "attention/block_attention_args.h"
+
+namespace gpt3d {
+
+void block_attention_forward_cpu(const BlockAttentionForwardArgs& a);
+void block_attention_backward_cpu(const BlockAttentionBackwardArgs& a);
+
+// Per-instruction-set kernels over heads [begin, end); `scratch` holds s floats, `dp` block x s, private to the
+// caller's thread.
+namespace cpu_portable {
+void block_attention_forward_heads(const BlockAttentionForwardArgs& a, int64_t begin, int64_t end, float* scratch);
+void block_attention_backward_heads(const BlockAttentionBackwardArgs& a, int64_t begin, int64_t end, float* dp);
+}  // namespace cpu_portable
+namespace cpu_avx512 {
+void block_attention_forward_heads(const BlockAttentionForwardArgs& a, int64_t begin, int64_t end, float* scratch);
+void block_attention_backward_heads(const BlockAttentionBackwardArgs& a, int64_t begin, int64_t end, float* dp);
+}  // namespace cpu_avx512
+namespace cpu_avx2 {
+void block_attention_forward_heads(const BlockAttentionForwardArgs& a, int64_t begin, int64_t end, float* scratch);
+void block_attention_backward_heads(const BlockAttentionBackwardArgs& a, int64_t begin, int64_t end, float* dp);
+}  // namespace cpu_avx2
+
+}  // namespace gpt3d

@@ -1,0 +1,5 @@
+// Blocked causal attention's softmax rows compiled for AVX-512; chosen at run time by block_attention_cpu.cpp.
+#include "attention/block_attention_cpu.h"  // declarations only
+#include "common/isa_avx512_names.h"
+#define GPT3D_CPU_INSTANCE "attention/block_attention_cpu_instance.h"
+#include "common/cpu_instance.h"

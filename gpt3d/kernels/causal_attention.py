@@ -89,24 +89,21 @@ def _row_blocks(seq: int, block: int):
 
 
 class _NativeBlockCausalAttention(torch.autograd.Function):
-    """The blocks by gpt3d_C::block_causal_attention_{fwd,bwd} (csrc/attention/)."""
+    """The blocks by gpt3d_C::block_causal_attention_{fwd,bwd} (csrc/attention/), which read q, k, v and the output
+    gradient in place (strided views of the QKV output included) and write the output in [b, s, h, d] memory."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale: float, block: int):
-        b, h, s, d = q.shape
-        q3, k3, v3 = (t.reshape(b * h, s, d).contiguous() for t in (q, k, v))  # saved: no copy again in backward
-        out, probs = torch.ops.gpt3d_C.block_causal_attention_fwd(q3, k3, v3, scale, block)
-        ctx.save_for_backward(q3, k3, v3, probs)
-        ctx.scale, ctx.block, ctx.shape = scale, block, (b, h, s, d)
-        return out.view(b, h, s, d)
+        out, probs = torch.ops.gpt3d_C.block_causal_attention_fwd(q, k, v, scale, block)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.scale, ctx.block = scale, block
+        return out
 
     @staticmethod
     def backward(ctx, dout):
-        q3, k3, v3, probs = ctx.saved_tensors
-        b, h, s, d = ctx.shape
-        dq, dk, dv = torch.ops.gpt3d_C.block_causal_attention_bwd(dout.reshape(b * h, s, d), q3, k3, v3, probs,
-                                                                  ctx.scale, ctx.block)
-        return dq.view(b, h, s, d), dk.view(b, h, s, d), dv.view(b, h, s, d), None, None
+        q, k, v, probs = ctx.saved_tensors
+        dq, dk, dv = torch.ops.gpt3d_C.block_causal_attention_bwd(dout, q, k, v, probs, ctx.scale, ctx.block)
+        return dq, dk, dv, None, None
 
 
 class _BlockCausalAttention(torch.autograd.Function):
@@ -151,7 +148,9 @@ def _register() -> None:
 
     @torch.library.register_fake("gpt3d_C::block_causal_attention_fwd")
     def _fwd_fake(q, k, v, scale, block):
-        return q.new_empty(q.shape), q.new_empty((q.shape[0], block_probs_per_head(q.shape[1], block)))
+        b, h, s, d = q.shape
+        return (q.new_empty((b, s, h, d)).transpose(1, 2),
+                q.new_empty((b * h, block_probs_per_head(s, block))))
 
     @torch.library.register_fake("gpt3d_C::block_causal_attention_bwd")
     def _bwd_fake(dout, q, k, v, probs, scale, block):

@@ -74,8 +74,13 @@ def test_fp32_on_the_cpu_runs_the_cpp_op_and_agrees_with_the_batched_gemm_blocks
     torch.manual_seed(0)
     qkv = torch.randn(2, 100, 3 * 4 * 16, requires_grad=True)
     q, k, v = qkv.view(2, 100, 4, 3, 16).permute(3, 0, 2, 1, 4).unbind(0)
-    out = kernels.block_causal_attention(q, k, v, 0.25, block=32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = kernels.block_causal_attention(q, k, v, 0.25, block=32)
     assert type(out.grad_fn).__name__ == "_NativeBlockCausalAttentionBackward"
+    # q, k, v are kept as the views they came as (no copies); the output is laid out as the projection reads it
+    assert [t.untyped_storage().data_ptr() for t in saved[:3]] == [qkv.untyped_storage().data_ptr()] * 3
+    assert out.transpose(1, 2).is_contiguous()
     batched = _BlockCausalAttention.apply(q, k, v, 0.25, 32, True)
     dout = torch.randn_like(out)
     (g,), (g_batched,) = torch.autograd.grad(out, qkv, dout), torch.autograd.grad(batched, qkv, dout)
@@ -86,17 +91,17 @@ def test_fp32_on_the_cpu_runs_the_cpp_op_and_agrees_with_the_batched_gemm_blocks
 
 
 def test_the_cpp_op_refuses_bad_input_with_one_clear_error():
-    q = torch.randn(3, 10, 8)
+    q = torch.randn(1, 3, 10, 8)
     fwd, bwd = torch.ops.gpt3d_C.block_causal_attention_fwd, torch.ops.gpt3d_C.block_causal_attention_bwd
     with pytest.raises(RuntimeError, match=r"block_causal_attention_fwd: k has dtype BFloat16 but this kernel takes "
                                            r"float32; call gpt3d.kernels.block_causal_attention"):
         fwd(q, q.bfloat16(), q, 0.5, 4)
-    with pytest.raises(RuntimeError, match=r"block_causal_attention_fwd: v has shape \[3, 9, 8\] but q has shape "
-                                           r"\[3, 10, 8\]; they must match"):
-        fwd(q, q, q[:, :9], 0.5, 4)
-    with pytest.raises(RuntimeError, match=r"block_causal_attention_fwd: q must be \[heads, seq, head_dim\], got "
-                                           r"shape \[1, 3, 10, 8\]"):
-        fwd(q[None], q[None], q[None], 0.5, 4)
+    with pytest.raises(RuntimeError, match=r"block_causal_attention_fwd: v has shape \[1, 3, 9, 8\] but q has shape "
+                                           r"\[1, 3, 10, 8\]; they must match"):
+        fwd(q, q, q[:, :, :9], 0.5, 4)
+    with pytest.raises(RuntimeError, match=r"block_causal_attention_fwd: q must be \[batch, heads, seq, head_dim\], "
+                                           r"got shape \[3, 10, 8\]"):
+        fwd(q[0], q[0], q[0], 0.5, 4)
     with pytest.raises(RuntimeError, match="block_causal_attention_fwd: block must be at least 1, got 0"):
         fwd(q, q, q, 0.5, 0)
     _, probs = fwd(q, q, q, 0.5, 4)

@@ -89,7 +89,8 @@ def run(job: dict) -> dict:
     gemm_s = None
     if job.get("profile"):
         seconds = seconds[:-1]  # the profiled step
-        gemm_s = max(json.loads((out / f"gemm-rank{r}.json").read_text())["linear_gemm_s"] for r in range(job["world"]))
+        gemm_s = max(json.loads((out / f"gemm-rank{r}.json").read_text())["linear_gemm_s"]
+                     for r in range(job["world"]))
     return {"loss": ranks[0]["losses"][-1], "losses": ranks[0]["losses"],
             "step_s": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
             "peak_rss": [r["peak_rss"] for r in ranks], "linear_gemm_s": gemm_s}

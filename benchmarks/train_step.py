@@ -13,9 +13,10 @@ fp32, where gpt3d's fp32 GEMMs go to oneDNN (gpt3d/model/gemm.py: AMD CPUs with 
 path), "gpt3d torch GEMM" is gpt3d auto with torch's own fp32 GEMM, the one Hugging Face runs: the library's share
 of the ratio. "of GEMM" is against the fastest GEMM route measured. Last per dtype: the time one more (profiled) step
 of gpt3d auto and of Hugging Face spends in the linear layers' and the head's GEMMs, and Hugging Face's step time over
-gpt3d's: how far ahead gpt3d could be if nothing but those GEMMs took time (gpt3d/profiler/gemm_floor.py). Every run shares this process and so its malloc
-settings: gpt3d's CPU runtime keeps freed memory in the heap (gpt3d/heap.py), applied here before any run, so that
-Hugging Face's step reuses its pages too (GPT3D_MALLOC=system runs both with glibc's defaults). Usage:
+gpt3d's: how far ahead gpt3d could be if nothing but those GEMMs took time (gpt3d/profiler/gemm_floor.py). Every run
+shares this process and so its malloc settings: gpt3d's CPU runtime keeps freed memory in the heap (gpt3d/heap.py),
+applied here before any run, so that Hugging Face's step reuses its pages too (GPT3D_MALLOC=system runs both with
+glibc's defaults). Usage:
     python benchmarks/train_step.py [--layers 6 --d-model 512 --heads 8 --seq 512 --batch 4 --steps 9 --quick]
                                     [--dtype fp32|bf16|both]
 """
@@ -185,8 +186,8 @@ def main() -> None:
         ours, theirs = (profiled_linear_gemm_seconds(runs[name], tokens, widths)
                         for name in ("gpt3d auto", "hf (fused AdamW)"))
         print(f"{dtype}: linear-layer and head GEMMs (one more profiled step each; gpt3d/profiler/gemm_floor.py): "
-              f"gpt3d auto {ours * 1e3:.0f} ms, hf {theirs * 1e3:.0f} ms. hf's step / gpt3d's GEMMs = {t_hf / ours:.2f}x: "
-              f"gpt3d auto's ceiling over hf were all else free")
+              f"gpt3d auto {ours * 1e3:.0f} ms, hf {theirs * 1e3:.0f} ms. hf's step / gpt3d's GEMMs = "
+              f"{t_hf / ours:.2f}x: gpt3d auto's ceiling over hf were all else free")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ TORCH_LIBRARY_IMPL(gpt3d_C, CPU, m) {
   m.impl("block_causal_attention_bwd", &block_causal_attention_bwd_cpu);
 }
 
-TORCH_LIBRARY_IMPL(gpt3d_C, CatchAll, m) { m.impl("block_causal_attention_has_blas", &block_causal_attention_has_blas); }
+TORCH_LIBRARY_IMPL(gpt3d_C, CatchAll, m) {
+  m.impl("block_causal_attention_has_blas", &block_causal_attention_has_blas);
+}
 
 }  // namespace gpt3d

@@ -1,5 +1,5 @@
-// Blocked causal attention CPU entry points: OpenMP over (batch, head) pairs (each head's K, V and block scores stay in the
-// thread's cache), softmax rows by the CPU's instruction set.
+// Blocked causal attention CPU entry points: OpenMP over (batch, head) pairs (each head's K, V and block scores stay
+// in the thread's cache), softmax rows by the CPU's instruction set.
 #include "attention/block_attention_cpu.h"
 
 #include <memory>

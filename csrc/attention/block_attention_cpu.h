@@ -9,8 +9,8 @@ namespace gpt3d {
 void block_attention_forward_cpu(const BlockAttentionForwardArgs& a);
 void block_attention_backward_cpu(const BlockAttentionBackwardArgs& a);
 
-// Per-instruction-set kernels over heads [begin, end) of batch x heads; `scratch` holds s floats, `dp` block x s, private to the
-// caller's thread.
+// Per-instruction-set kernels over heads [begin, end) of batch x heads; `scratch` holds s floats, `dp` block x s,
+// private to the caller's thread.
 namespace cpu_portable {
 void block_attention_forward_heads(const BlockAttentionForwardArgs& a, int64_t begin, int64_t end, float* scratch);
 void block_attention_backward_heads(const BlockAttentionBackwardArgs& a, int64_t begin, int64_t end, float* dp);

@@ -62,3 +62,16 @@ def test_opcheck_validates_schema_fake_and_autograd(dtype):
                      (ops.scaled_masked_softmax_fwd.default, (scores, None, 0.5)),
                      (ops.scaled_causal_softmax_fwd.default, (scores, 0.5))]:
         torch.library.opcheck(op, args)
+
+
+def test_opcheck_validates_the_blocked_attention_ops_schema_and_fake():
+    """fp32 only (the ops' dtype); q, k, v as the model passes them: strided views of one QKV output. Their autograd
+    is a torch.autograd.Function in Python (gpt3d/kernels/causal_attention.py), so no input requires grad here."""
+    qkv = torch.randn(2, 9, 3 * 2 * 4)
+    q, k, v = qkv.view(2, 9, 2, 3, 4).permute(3, 0, 2, 1, 4).unbind(0)
+    ops = torch.ops.gpt3d_C
+    _, probs = ops.block_causal_attention_fwd(q, k, v, 0.5, 4)
+    dout = torch.randn(2, 2, 9, 4)
+    for op, args in [(ops.block_causal_attention_fwd.default, (q, k, v, 0.5, 4)),
+                     (ops.block_causal_attention_bwd.default, (dout, q, k, v, probs, 0.5, 4))]:
+        torch.library.opcheck(op, args)

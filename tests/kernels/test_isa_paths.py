@@ -1,7 +1,7 @@
 """Every CPU code path this machine can run (AVX-512, AVX2+FMA, portable), forced with GPT3D_CPU_ISA, matches
 gpt3d.kernels.reference for LayerNorm, add + LayerNorm and the masked / causal softmax, forward and backward, in fp32
-and bf16 (and the C++ blocked attention against float64 attention in fp32), at widths that exercise the full vectors and tails of the 4-lane (portable), 8-lane (AVX2) and 16-lane
-(AVX-512) paths."""
+and bf16 (and the C++ blocked attention against float64 attention in fp32), at widths that exercise the full vectors
+and tails of the 4-lane (portable), 8-lane (AVX2) and 16-lane (AVX-512) paths."""
 import sys
 
 import pytest

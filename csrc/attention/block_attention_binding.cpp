@@ -26,10 +26,14 @@ void check_heads(const char* op, const char* name, const at::Tensor& t, const at
   check_same_shape(op, name, t, q, "q");
 }
 
+// The BLAS takes 32-bit sizes: the keys a block sees (up to seq), head_dim, and the leading dimensions (rows_contiguous
+// bounds the inputs'; the output's is heads x head_dim).
 void check_call(const char* op, const at::Tensor& q, int64_t block) {
   TORCH_CHECK(has_blas_sgemm(), op, ": this torch build has no BLAS sgemm to call; use "
               "model.dense_attention=sdpa (gpt3d.kernels.block_causal_attention falls back to torch's GEMMs)");
   TORCH_CHECK(block >= 1, op, ": block must be at least 1, got ", block);
+  TORCH_CHECK(q.size(2) <= INT_MAX && q.size(1) * q.size(3) <= INT_MAX, op, ": seq ", q.size(2),
+              " or heads x head_dim ", q.size(1), " x ", q.size(3), " exceeds the BLAS's 32-bit sizes");
 }
 
 // t itself where its rows are contiguous and its row stride fits the BLAS's 32-bit leading dimension, else a copy.
@@ -51,8 +55,6 @@ std::tuple<at::Tensor, at::Tensor> block_causal_attention_fwd_cpu(const at::Tens
   check_call(op, q_in, block);
   const at::Tensor q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   const int64_t batch = q.size(0), heads = q.size(1), s = q.size(2), d = q.size(3);
-  TORCH_CHECK(s <= INT_MAX / std::max<int64_t>(heads * d, 1), op, ": seq x heads x head_dim ", s, " x ", heads,
-              " x ", d, " exceeds the BLAS's 32-bit sizes");
   at::Tensor out = at::empty({batch, s, heads, d}, q.options()).transpose(1, 2);
   at::Tensor probs = at::empty({batch * heads, block_probs_per_head(s, block)}, q.options());
   if (q.numel() > 0)

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/cpu_isa_decls.h"
 #include "attention/block_attention_args.h"
 
 namespace gpt3d {
@@ -11,17 +12,8 @@ void block_attention_backward_cpu(const BlockAttentionBackwardArgs& a);
 
 // Per-instruction-set kernels over heads [begin, end) of batch x heads; `scratch` holds s floats, `dp` block x s,
 // private to the caller's thread.
-namespace cpu_portable {
-void block_attention_forward_heads(const BlockAttentionForwardArgs& a, int64_t begin, int64_t end, float* scratch);
-void block_attention_backward_heads(const BlockAttentionBackwardArgs& a, int64_t begin, int64_t end, float* dp);
-}  // namespace cpu_portable
-namespace cpu_avx512 {
-void block_attention_forward_heads(const BlockAttentionForwardArgs& a, int64_t begin, int64_t end, float* scratch);
-void block_attention_backward_heads(const BlockAttentionBackwardArgs& a, int64_t begin, int64_t end, float* dp);
-}  // namespace cpu_avx512
-namespace cpu_avx2 {
-void block_attention_forward_heads(const BlockAttentionForwardArgs& a, int64_t begin, int64_t end, float* scratch);
-void block_attention_backward_heads(const BlockAttentionBackwardArgs& a, int64_t begin, int64_t end, float* dp);
-}  // namespace cpu_avx2
+GPT3D_DECLARE_FOR_EACH_CPU_ISA(
+    void block_attention_forward_heads(const BlockAttentionForwardArgs& a, int64_t begin, int64_t end, float* scratch);
+    void block_attention_backward_heads(const BlockAttentionBackwardArgs& a, int64_t begin, int64_t end, float* dp);)
 
 }  // namespace gpt3d

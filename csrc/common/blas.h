@@ -11,8 +11,8 @@ namespace gpt3d {
 
 inline bool has_blas_sgemm() { return sgemm_ != nullptr; }
 
-// Column-major C[m x n] = alpha op(A) op(B) + beta C, with op = transpose where the flag says 'T'. Called from
-// inside an OpenMP region, MKL and OpenBLAS run it on the calling thread.
+// Column-major C[m x n] = alpha op(A) op(B) + beta C, with op = transpose where the flag says 'T'. The callers run
+// it inside their own OpenMP region over independent work, one call per thread (MKL does not nest its threads there).
 inline void blas_sgemm(char transa, char transb, int m, int n, int k, float alpha, const float* a, int lda,
                        const float* b, int ldb, float beta, float* c, int ldc) {
   sgemm_(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/cpu_isa_decls.h"
 #include "gelu/gelu_args.h"
 
 namespace gpt3d {
@@ -10,17 +11,8 @@ void gelu_forward_cpu(const GeluArgs& a);
 void gelu_backward_cpu(const GeluArgs& a);
 
 // Per-instruction-set kernels over elements [begin, end).
-namespace cpu_portable {
-void gelu_forward_span(const GeluArgs& a, int64_t begin, int64_t end);
-void gelu_backward_span(const GeluArgs& a, int64_t begin, int64_t end);
-}  // namespace cpu_portable
-namespace cpu_avx512 {
-void gelu_forward_span(const GeluArgs& a, int64_t begin, int64_t end);
-void gelu_backward_span(const GeluArgs& a, int64_t begin, int64_t end);
-}  // namespace cpu_avx512
-namespace cpu_avx2 {
-void gelu_forward_span(const GeluArgs& a, int64_t begin, int64_t end);
-void gelu_backward_span(const GeluArgs& a, int64_t begin, int64_t end);
-}  // namespace cpu_avx2
+GPT3D_DECLARE_FOR_EACH_CPU_ISA(
+    void gelu_forward_span(const GeluArgs& a, int64_t begin, int64_t end);
+    void gelu_backward_span(const GeluArgs& a, int64_t begin, int64_t end);)
 
 }  // namespace gpt3d

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/cpu_isa_decls.h"
 #include "layer_norm/layer_norm_args.h"
 
 namespace gpt3d {
@@ -10,20 +11,9 @@ void layer_norm_forward_cpu(const LayerNormForwardArgs& a);
 void layer_norm_backward_cpu(const LayerNormBackwardArgs& a);
 
 // The per-instruction-set row kernels the entry points choose between at run time.
-namespace cpu_portable {
-void layer_norm_forward_rows(const LayerNormForwardArgs& a, int64_t begin, int64_t end);
-void layer_norm_backward_rows(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
-                              float* dbeta_acc);
-}  // namespace cpu_portable
-namespace cpu_avx512 {
-void layer_norm_forward_rows(const LayerNormForwardArgs& a, int64_t begin, int64_t end);
-void layer_norm_backward_rows(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
-                              float* dbeta_acc);
-}  // namespace cpu_avx512
-namespace cpu_avx2 {
-void layer_norm_forward_rows(const LayerNormForwardArgs& a, int64_t begin, int64_t end);
-void layer_norm_backward_rows(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
-                              float* dbeta_acc);
-}  // namespace cpu_avx2
+GPT3D_DECLARE_FOR_EACH_CPU_ISA(
+    void layer_norm_forward_rows(const LayerNormForwardArgs& a, int64_t begin, int64_t end);
+    void layer_norm_backward_rows(const LayerNormBackwardArgs& a, int64_t begin, int64_t end, float* dgamma_acc,
+                                  float* dbeta_acc);)
 
 }  // namespace gpt3d

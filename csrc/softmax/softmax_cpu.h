@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/cpu_isa_decls.h"
 #include "softmax/softmax_args.h"
 
 namespace gpt3d {
@@ -10,17 +11,8 @@ void softmax_forward_cpu(const SoftmaxForwardArgs& a);
 void softmax_backward_cpu(const SoftmaxBackwardArgs& a);
 
 // Per-instruction-set row kernels; `scratch` holds sk floats private to the caller's thread.
-namespace cpu_portable {
-void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch);
-void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end);
-}  // namespace cpu_portable
-namespace cpu_avx512 {
-void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch);
-void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end);
-}  // namespace cpu_avx512
-namespace cpu_avx2 {
-void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch);
-void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end);
-}  // namespace cpu_avx2
+GPT3D_DECLARE_FOR_EACH_CPU_ISA(
+    void softmax_forward_rows(const SoftmaxForwardArgs& a, int64_t begin, int64_t end, float* scratch);
+    void softmax_backward_rows(const SoftmaxBackwardArgs& a, int64_t begin, int64_t end);)
 
 }  // namespace gpt3d

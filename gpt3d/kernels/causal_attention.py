@@ -88,6 +88,12 @@ def _row_blocks(seq: int, block: int):
         yield start, min(start + block, seq)
 
 
+def block_probs_per_head(seq: int, block: int = DEFAULT_BLOCK) -> int:
+    """Probabilities one head saves: each query block's rows times the keys it sees (the C++ op's
+    block_probs_per_head, csrc/attention/block_attention_args.h; the planner's blocked_score_fraction)."""
+    return sum((end - start) * end for start, end in _row_blocks(seq, block))
+
+
 class _NativeBlockCausalAttention(torch.autograd.Function):
     """The blocks by gpt3d_C::block_causal_attention_{fwd,bwd} (csrc/attention/), which read q, k, v and the output
     gradient in place (strided views of the QKV output included) and write the output in [b, s, h, d] memory."""
@@ -135,11 +141,6 @@ class _BlockCausalAttention(torch.autograd.Function):
             torch.bmm(ds, k3[:, :end], out=dq[:, start:end])
             dk[:, :end].baddbmm_(ds.transpose(1, 2), q3[:, start:end])
         return dq.view(b, h, s, d), dk.view(b, h, s, d), dv.view(b, h, s, d), None, None, None
-
-
-def block_probs_per_head(s: int, block: int) -> int:
-    """Floats of one head's saved probabilities in the C++ op: each block's rows times the keys it sees."""
-    return sum((min(start + block, s) - start) * min(start + block, s) for start in range(0, s, block))
 
 
 def _register() -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 
 from gpt3d.config.sparse import SparseAttentionConfig
-from gpt3d.kernels.causal_attention import DEFAULT_BLOCK
+from gpt3d.kernels.causal_attention import DEFAULT_BLOCK, block_probs_per_head
 
 
 def layout_density(layout: SparseAttentionConfig, seq_len: int, n_heads: int = 1) -> float:
@@ -38,9 +38,7 @@ def mean_attention_density(kinds: list[str], layout: SparseAttentionConfig, seq_
 def blocked_score_fraction(seq_len: int, block: int = DEFAULT_BLOCK) -> float:
     """The share of the s x s scores the blocked core computes and saves (query block i sees keys [0, end of
     block i))."""
-    visible = sum(min(start + block, seq_len) * (min(start + block, seq_len) - start)
-                  for start in range(0, seq_len, block))
-    return visible / (seq_len * seq_len)
+    return block_probs_per_head(seq_len, block) / (seq_len * seq_len)
 
 
 def materialized_score_fraction(model, seq_len: int) -> float:

@@ -124,6 +124,35 @@ def test_bf16_layer_norm_nans_and_infs_match_reference_on_every_path(isa, w_dtyp
         assert torch.equal(torch.isnan(s), torch.isnan(s_ref)) and torch.equal(torch.isnan(y), torch.isnan(y_ref)), isa
 
 
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float32])
+def test_bf16_layer_norm_rows_do_not_depend_on_their_neighbours(isa, w_dtype):
+    """bf16 forward rows run each row's last pass inside the next row's statistics loop, so a row is normalised while
+    the next is summed. Every row must come out bit for bit as when it is normalised alone (a one-row call), at 1 and
+    2 threads (which change where each thread's first row falls); rows whose statistics cancel (a mean 1e3 standard
+    deviations from the shift: the two-pass fallback) and NaN rows sit between ordinary ones."""
+    torch.manual_seed(0)
+    cols = 40 if isa == "portable" else 72  # pairs of vectors, a lone pair and a tail on every path
+    x = torch.randn(9, cols)
+    x[3] = 1e3 + 0.01 * torch.randn(cols)
+    x[3, 0] = x[3, cols // 2] = x[3, -1] = 0.0  # shift 0, far from the mean: the fallback
+    x[6, 5] = float("nan")
+    x = x.to(torch.bfloat16)
+    w = (1 + 0.5 * torch.randn(cols)).to(w_dtype)
+    b = (0.5 * torch.randn(cols)).to(w_dtype)
+    forward = torch.ops.gpt3d_C.layer_norm_fwd  # (y, mean, rstd): the saved statistics are compared too
+    alone = [torch.cat(parts) for parts in zip(*(forward(x[i:i + 1], w, b, 1e-5) for i in range(len(x))))]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y, mean, rstd = forward(x, w, b, 1e-5)
+            assert torch.equal(y.view(torch.int16), alone[0].view(torch.int16)), (isa, n)
+            for got, want in ((mean, alone[1]), (rstd, alone[2])):
+                assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (isa, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bf16_layer_norm_statistics_match_fp64_when_the_shift_is_far_from_the_mean(isa):
     """bf16 rows take their statistics in one pass, shifted by s, the median of the row's first, middle and last
     values (sums of x - s and of its square); where s lies far from the mean, cancellation loses bits and the row must

@@ -80,12 +80,18 @@ struct VecPortable {
     const U w = (high & 0xffff0000u) | (low >> 16);
     std::memcpy(p, &w, sizeof(w));
   }
-  // Lanes where the bool mask byte is true, restricted to the first n.
+  // Lanes where the bool mask byte is true, restricted to the first n. The 4 bytes are read as one 32-bit word,
+  // copied to every lane, and each lane tests its own byte: widening the bytes with __builtin_convertvector took
+  // four byte extractions and inserts on SSE2 (no pmovzxbd), and the masked softmax ran 1.4x slower than unmasked.
   static Mask load_mask(const bool* p, int n = kWidth) {
-    typedef uint8_t B __attribute__((vector_size(4)));
-    B b{};
-    copy_lanes<1>(&b, p, n);
-    return __builtin_convertvector(b, I) != 0;
+    uint32_t word = 0;
+    copy_lanes<1>(&word, p, n);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    constexpr U kLaneByte = {0xff000000u, 0xff0000u, 0xff00u, 0xffu};
+#else
+    constexpr U kLaneByte = {0xffu, 0xff00u, 0xff0000u, 0xff000000u};
+#endif
+    return ((U{} + word) & kLaneByte) != 0;
   }
   static VecPortable select(Mask m, VecPortable a, VecPortable b) { return {m ? a.v : b.v}; }
   static VecPortable max(VecPortable a, VecPortable b) { return {a.v > b.v ? a.v : b.v}; }

@@ -14,6 +14,7 @@ namespace {
 
 struct VecAvx2 {
   static constexpr int kWidth = 8;
+  static constexpr int kRegisters = 16;  // ymm0-15
   using Mask = __m256;  // all-ones lanes are selected
   __m256 v;
 

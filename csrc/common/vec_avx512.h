@@ -12,6 +12,7 @@ namespace {
 
 struct VecAvx512 {
   static constexpr int kWidth = 16;
+  static constexpr int kRegisters = 32;  // zmm0-31: how many vectors a loop can keep live
   using Mask = __mmask16;
   __m512 v;
 

@@ -27,6 +27,7 @@ inline void copy_lanes(void* dst, const void* src, int n) {
 
 struct VecPortable {
   static constexpr int kWidth = 4;
+  static constexpr int kRegisters = 16;  // SSE2: xmm0-15 (AArch64 has 32; the smaller count is the one to plan for)
   typedef float F __attribute__((vector_size(16)));
   typedef int32_t I __attribute__((vector_size(16)));
   using Mask = I;  // -1 = selected, 0 = not
@@ -136,6 +137,7 @@ namespace {
 
 struct VecPortable {
   static constexpr int kWidth = 1;
+  static constexpr int kRegisters = 16;
   using Mask = bool;
   float v;
 

@@ -428,17 +428,33 @@ __attribute__((always_inline)) inline void prefetch_row(const T* rows, int64_t r
 // bf16 LayerNorm rows with each row's last pass run in the loop of the next row's one-pass statistics. One row at a
 // time, a row's last pass waited on its statistics (a loop, two vector reductions, a division and a square root),
 // and the next row's statistics queued behind that pass. Side by side the two loops are independent. Each row is
-// summed in the same order either way (deviation_sums), so results are the same bit for bit. 8192 rows, Intel Xeon,
-// alternated in one process: avx512 7-8% faster on one thread, 0-11% on two; avx2 and portable 2-4%.
+// summed in the same order either way (deviation_sums), so results are the same bit for bit. With a residual, each
+// row normalises the stored x + residual (add_row), written just before its statistics are summed. 8192 rows, 2
+// threads, Intel Xeon, alternated in one process: avx512 LayerNorm 0-11% faster (5-9% on one thread), add + LayerNorm
+// 5-11%.
+// The overlapped loop keeps about 18 vectors live (eight accumulators, the next row's four, the last pass's operands
+// and constants). With 16 registers GCC kept accumulators on the stack, and avx2 rows of 2048 ran 3-7% slower than
+// one row at a time (2.5-7% faster at 768-1024), so paths with 16 registers keep one row at a time.
+template <class V>
+constexpr bool kOverlapRows = V::kRegisters >= 32;
+
 template <class V, class T, class W>
-void ln_forward_rows_overlapped(const LayerNormForwardArgs& a, const T* x, const W* gamma, const W* beta,
-                                bool weights_nan_free, int64_t begin, int64_t end) {
+void ln_forward_rows_overlapped(const LayerNormForwardArgs& a, const W* gamma, const W* beta, bool weights_nan_free,
+                                int64_t begin, int64_t end) {
   const int64_t c = a.cols;
-  float shift = one_pass_shift(x + begin * c, c);
-  DeviationSums sums = deviation_sums<true, V>(x + begin * c, c, shift);
+  const T* x = static_cast<const T*>(a.x);
+  const T* res = static_cast<const T*>(a.residual);
+  auto input_row = [&](int64_t r) -> const T* {  // the row to normalise: x's, or the stored x + residual
+    if (res == nullptr) return x + r * c;
+    T* sum = static_cast<T*>(a.sum) + r * c;
+    add_row<V>(x + r * c, res + r * c, sum, c);
+    return sum;
+  };
+  const T* row = input_row(begin);
+  float shift = one_pass_shift(row, c);
+  DeviationSums sums = deviation_sums<true, V>(row, c, shift);
   for (int64_t r = begin; r < end; ++r) {
-    prefetch_row(x, r + 1, c, a.rows);
-    const T* row = x + r * c;
+    if (res == nullptr) prefetch_row(x, r + 1, c, a.rows);
     T* y = static_cast<T*>(a.y) + r * c;
     const RowStats stats = stats_from_shifted_sums<V>(row, c, shift, sums);
     const float mean = stats.mean, rstd = ln_rstd(stats.centred_sq, c, a.eps);
@@ -451,12 +467,13 @@ void ln_forward_rows_overlapped(const LayerNormForwardArgs& a, const T* x, const
       else ln_affine_row<true>(row, gamma, beta, y, c, norm);
       break;
     }
-    const T* next = row + c;
+    const T* next = input_row(r + 1);
     shift = one_pass_shift(next, c);
     if (unchecked)
       sums = deviation_sums<true, V>(next, c, shift, AffinePass<false, V, T, W>{row, gamma, beta, y, norm});
     else
       sums = deviation_sums<true, V>(next, c, shift, AffinePass<true, V, T, W>{row, gamma, beta, y, norm});
+    row = next;
   }
 }
 
@@ -474,9 +491,8 @@ void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t
   // On the weights as given: a bf16 NaN widened to fp32 keeps zero low bits.
   const bool weights_nan_free = nan_free_low_bits(static_cast<const W*>(a.gamma), c) &&
                                 nan_free_low_bits(static_cast<const W*>(a.beta), c);
-  if constexpr (kPairOrdered<T>) {
-    if (res == nullptr) return ln_forward_rows_overlapped<V>(a, x, gamma, beta, weights_nan_free, begin, end);
-  }
+  if constexpr (kPairOrdered<T> && kOverlapRows<V>)
+    return ln_forward_rows_overlapped<V, T>(a, gamma, beta, weights_nan_free, begin, end);
   for (int64_t r = begin; r < end; ++r) {
     if (res == nullptr) prefetch_row(x, r, c, a.rows);
     const T* row = x + r * c;

@@ -125,13 +125,16 @@ def test_bf16_layer_norm_nans_and_infs_match_reference_on_every_path(isa, w_dtyp
 
 
 @pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float32])
-def test_bf16_layer_norm_rows_do_not_depend_on_their_neighbours(isa, w_dtype):
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_bf16_layer_norm_rows_do_not_depend_on_their_neighbours(isa, w_dtype, with_residual):
     """bf16 forward rows run each row's last pass inside the next row's statistics loop, so a row is normalised while
-    the next is summed. Every row must come out bit for bit as when it is normalised alone (a one-row call), at 1 and
-    2 threads (which change where each thread's first row falls); rows whose statistics cancel (a mean 1e3 standard
-    deviations from the shift: the two-pass fallback) and NaN rows sit between ordinary ones."""
+    the next is summed (with a residual, after the next sum row is written). Every row, its saved mean and rstd (and
+    its x + residual) must come out bit for bit as when it is normalised alone (a one-row call), at 1 and 2 threads
+    (which change where each thread's first row falls); a row whose statistics cancel (a mean 1e3 standard deviations
+    from the shift: the two-pass fallback) and a NaN row sit between ordinary ones."""
     torch.manual_seed(0)
-    cols = 40 if isa == "portable" else 72  # pairs of vectors, a lone pair and a tail on every path
+    # Two pairs of vectors, a lone pair and a part vector on each path (a pair: 2 x 16, 2 x 8 or 2 x 4 lanes)
+    cols = {"avx512": 101, "avx2": 53, "portable": 27}[isa]
     x = torch.randn(9, cols)
     x[3] = 1e3 + 0.01 * torch.randn(cols)
     x[3, 0] = x[3, cols // 2] = x[3, -1] = 0.0  # shift 0, far from the mean: the fallback
@@ -139,16 +142,22 @@ def test_bf16_layer_norm_rows_do_not_depend_on_their_neighbours(isa, w_dtype):
     x = x.to(torch.bfloat16)
     w = (1 + 0.5 * torch.randn(cols)).to(w_dtype)
     b = (0.5 * torch.randn(cols)).to(w_dtype)
-    forward = torch.ops.gpt3d_C.layer_norm_fwd  # (y, mean, rstd): the saved statistics are compared too
-    alone = [torch.cat(parts) for parts in zip(*(forward(x[i:i + 1], w, b, 1e-5) for i in range(len(x))))]
+    if with_residual:  # a residual of zeros keeps the rows above as the sums
+        residual = torch.zeros_like(x)
+        residual[1] = torch.randn(cols).to(torch.bfloat16)
+        def forward(rows, i):
+            return torch.ops.gpt3d_C.add_layer_norm_fwd(rows, residual[i], w, b, 1e-5)
+    else:
+        def forward(rows, i):
+            return torch.ops.gpt3d_C.layer_norm_fwd(rows, w, b, 1e-5)
+    alone = [torch.cat(parts) for parts in zip(*(forward(x[i:i + 1], slice(i, i + 1)) for i in range(len(x))))]
     threads = torch.get_num_threads()
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            y, mean, rstd = forward(x, w, b, 1e-5)
-            assert torch.equal(y.view(torch.int16), alone[0].view(torch.int16)), (isa, n)
-            for got, want in ((mean, alone[1]), (rstd, alone[2])):
-                assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (isa, n)
+            for got, want in zip(forward(x, slice(None)), alone):  # (x + residual,) y, mean, rstd
+                bits = torch.int16 if got.dtype == torch.bfloat16 else torch.int32
+                assert torch.equal(got.view(bits), want.view(bits)), (isa, n)
     finally:
         torch.set_num_threads(threads)
 

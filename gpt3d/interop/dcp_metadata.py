@@ -11,6 +11,7 @@ import pickle
 
 import torch
 
+from .enum_pickles import PICKLED_GETATTR, enum_member_getter
 from .errors import InteropError
 
 _DCP_CLASSES = {
@@ -27,6 +28,9 @@ _DCP_CLASSES = {
 
 class _DcpMetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        if f"{module}.{name}" == PICKLED_GETATTR:  # an enum member, as Python 3.11.2 pickles it (enum_pickles.py)
+            from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING
+            return enum_member_getter((_MEM_FORMAT_ENCODING,))
         if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
                                                                           torch.memory_format)):
             return getattr(torch, name)

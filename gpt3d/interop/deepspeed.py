@@ -17,6 +17,7 @@ import torch
 from gpt3d.config.model import ModelConfig
 
 from .canonical import check_gpt3d_state_dict, gpt3d_shapes
+from .enum_pickles import PICKLED_GETATTR, enum_member_getter
 from .errors import InteropError
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -40,11 +41,13 @@ def find_tag(directory: str, tag: Optional[str]) -> str:
 
 def _deepspeed_data_classes() -> list:
     """DeepSpeed's own plain-data classes its checkpoints pickle (a loss scaler, the ZeRO stage enum, fragment
-    addresses): rebuilding them runs no code from the file, so the weights_only check allows them."""
+    addresses): rebuilding them runs no code from the file, so the weights_only check allows them. Python 3.11.2
+    pickles the enum's members through getattr, resolved to a getter of its members only (enum_pickles.py)."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address,
+            (enum_member_getter((ZeroStageEnum,)), PICKLED_GETATTR)]
 
 
 @contextlib.contextmanager

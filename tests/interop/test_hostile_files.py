@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import os
 import pickle
+import types
 
 import pytest
 import torch
@@ -113,3 +115,82 @@ def test_deepspeed_tag_must_be_a_plain_name(tmp_path):
     with pytest.raises(InteropError, match=r"checkpoint tag '../../elsewhere' is not a plain folder name inside the "
                                            r"checkpoint directory; pass --tag NAME"):
         load_deepspeed(str(tmp_path))
+
+
+class EnumThroughGetattrPickler(pickle.Pickler):
+    """Pickles Enum members as CPython 3.11.2 does, getattr(cls, name) (3.11.7 pickles cls(value)); `extra` maps an
+    object to a reduce tuple of the test's choosing (a getattr a safe reader must refuse)."""
+
+    extra: dict = {}
+
+    def reducer_override(self, obj):
+        if id(obj) in self.extra:
+            return self.extra[id(obj)]
+        if isinstance(obj, enum.Enum):
+            return getattr, (type(obj), obj.name)
+        return NotImplemented
+
+
+def pickle_module_of(pickler: type) -> types.ModuleType:
+    """A stand-in pickle module for torch.save(pickle_module=...) whose Pickler is `pickler`."""
+    module = types.ModuleType("enum_through_getattr_pickle")
+    module.Pickler = pickler
+    return module
+
+
+def test_megatron_torch_dist_index_pickled_by_python_3_11_2_reads_without_trust(tmp_path, capsys):
+    """Python 3.11.2 (Debian 12's python3) pickles DCP's _MEM_FORMAT_ENCODING members through builtins.getattr: such
+    an index reads without --trusted and round trips exactly; a getattr of anything but a member is refused."""
+    from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING
+    cfg = dataclasses.replace(model_config(SPECS[1]), n_layers=2)
+    sd = random_gpt3d_state(cfg, 3)
+    save_megatron(sd, cfg, str(tmp_path / "src"), iteration=4, fmt="torch_dist")
+    path = tmp_path / "src" / "iter_0000004" / ".metadata"
+    with open(path, "rb") as fh:
+        index = pickle.load(fh)
+    with open(path, "wb") as fh:
+        EnumThroughGetattrPickler(fh).dump(index)
+    assert b"getattr" in path.read_bytes() and b"TORCH_CONTIGUOUS_FORMAT" in path.read_bytes()
+    _, back = load_megatron(str(tmp_path / "src"))
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+
+    index.planner_data = marker = object()
+    pickler_extra = {id(marker): (getattr, (_MEM_FORMAT_ENCODING, "__subclasses__"))}
+    with open(path, "wb") as fh:
+        pickler = EnumThroughGetattrPickler(fh)
+        pickler.extra = pickler_extra
+        pickler.dump(index)
+    with pytest.raises(InteropError, match=rf"^{path}: refused: builtins.getattr names only a member of "
+                                           rf"torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING here, not "
+                                           rf"getattr\(<enum '_MEM_FORMAT_ENCODING'>, '__subclasses__'\); reading "
+                                           rf"it would run code from the file\. If you trust this checkpoint, pass "
+                                           rf"--trusted \(Python: trusted=True\)$"):
+        load_megatron(str(tmp_path / "src"))
+    refused_by_convert(capsys, tmp_path / "src", tmp_path / "dst", "megatron", path)
+
+
+def test_deepspeed_enum_pickled_by_python_3_11_2_reads_without_trust(tmp_path):
+    """DeepSpeed's optimizer states hold a ZeroStageEnum member, which Python 3.11.2 pickles through builtins.getattr:
+    torch.load(weights_only=True) with gpt3d's DeepSpeed allow-list reads it; a getattr of anything but a member of
+    that enum is refused."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from gpt3d.interop.deepspeed import _weights_only_loads
+
+    path = tmp_path / "optim_states.pt"
+    state = {"zero_stage": ZeroStageEnum.gradients, "exp_avg": torch.arange(4.0)}
+    torch.save(state, path, pickle_module=pickle_module_of(EnumThroughGetattrPickler))
+    assert b"getattr" in path.read_bytes()
+    with _weights_only_loads():
+        back = torch.load(path, weights_only=True)
+    assert back["zero_stage"] is ZeroStageEnum.gradients and torch.equal(back["exp_avg"], state["exp_avg"])
+
+    marker = object()
+    hostile = type("Hostile", (EnumThroughGetattrPickler,), {
+        "extra": {id(marker): (getattr, (ZeroStageEnum, "__subclasses__"))}})
+    torch.save({"zero_stage": marker}, path, pickle_module=pickle_module_of(hostile))
+    with _weights_only_loads(), pytest.raises(pickle.UnpicklingError,
+                                              match=r"builtins.getattr names only a member of "
+                                                    r"deepspeed.runtime.zero.config.ZeroStageEnum here, not "
+                                                    r"getattr\(<enum 'ZeroStageEnum'>, '__subclasses__'\)"):
+        torch.load(path, weights_only=True)

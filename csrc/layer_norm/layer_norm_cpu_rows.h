@@ -491,18 +491,20 @@ void ln_forward_rows_typed(const LayerNormForwardArgs& a, int64_t begin, int64_t
   // On the weights as given: a bf16 NaN widened to fp32 keeps zero low bits.
   const bool weights_nan_free = nan_free_low_bits(static_cast<const W*>(a.gamma), c) &&
                                 nan_free_low_bits(static_cast<const W*>(a.beta), c);
-  if constexpr (kPairOrdered<T> && kOverlapRows<V>)
-    return ln_forward_rows_overlapped<V, T>(a, gamma, beta, weights_nan_free, begin, end);
-  for (int64_t r = begin; r < end; ++r) {
-    if (res == nullptr) prefetch_row(x, r, c, a.rows);
-    const T* row = x + r * c;
-    if (res != nullptr) {
-      T* sum = static_cast<T*>(a.sum) + r * c;
-      add_row<V>(row, res + r * c, sum, c);
-      row = sum;
+  if constexpr (kPairOrdered<T> && kOverlapRows<V>) {
+    ln_forward_rows_overlapped<V, T>(a, gamma, beta, weights_nan_free, begin, end);
+  } else {
+    for (int64_t r = begin; r < end; ++r) {
+      if (res == nullptr) prefetch_row(x, r, c, a.rows);
+      const T* row = x + r * c;
+      if (res != nullptr) {
+        T* sum = static_cast<T*>(a.sum) + r * c;
+        add_row<V>(row, res + r * c, sum, c);
+        row = sum;
+      }
+      ln_forward_row<V>(row, gamma, beta, static_cast<T*>(a.y) + r * c, c, a.eps, a.mean + r, a.rstd + r,
+                        weights_nan_free);
     }
-    ln_forward_row<V>(row, gamma, beta, static_cast<T*>(a.y) + r * c, c, a.eps, a.mean + r, a.rstd + r,
-                      weights_nan_free);
   }
 }
 

@@ -15,6 +15,7 @@ import torch
 
 from gpt3d.checkpoint.convert import run as convert_main
 from gpt3d.interop import InteropError, load_deepspeed, load_megatron, save_megatron
+from gpt3d.interop.dcp_metadata import read_dcp_metadata
 
 from .test_megatron import SPECS, model_config, random_gpt3d_state
 
@@ -66,8 +67,7 @@ def test_megatron_torch_dist_metadata_payload_does_not_run(tmp_path, capsys):
     src, iteration = megatron_checkpoint(tmp_path, "torch_dist")
     marker = tmp_path / "pwned"
     path = iteration / ".metadata"
-    with open(path, "rb") as fh:
-        index = pickle.load(fh)  # the real index written by torch.distributed.checkpoint
+    index = read_dcp_metadata(str(path), trusted=False)  # the real index written by torch.distributed.checkpoint
     index.planner_data = Payload(marker)
     with open(path, "wb") as fh:
         pickle.dump(index, fh)
@@ -146,8 +146,7 @@ def test_megatron_torch_dist_index_pickled_by_python_3_11_2_reads_without_trust(
     sd = random_gpt3d_state(cfg, 3)
     save_megatron(sd, cfg, str(tmp_path / "src"), iteration=4, fmt="torch_dist")
     path = tmp_path / "src" / "iter_0000004" / ".metadata"
-    with open(path, "rb") as fh:
-        index = pickle.load(fh)
+    index = read_dcp_metadata(str(path), trusted=False)  # the real index, read without running code from it
     with open(path, "wb") as fh:
         EnumThroughGetattrPickler(fh).dump(index)
     assert b"getattr" in path.read_bytes() and b"TORCH_CONTIGUOUS_FORMAT" in path.read_bytes()

@@ -1,11 +1,12 @@
 """Fused LayerNorm / add+LayerNorm / scaled masked softmax / tanh GELU / cross-entropy / blocked causal attention vs
 PyTorch eager, measured in the same run.
 
-For each CPU code path this machine has (avx512, avx2, portable: forced with GPT3D_CPU_ISA), op and shape: forward and
-forward+backward time, achieved GB/s, speedup over the PyTorch eager baseline (timed right beside it), and the
-forward's fraction of the bandwidth of a copy of the same input into a preallocated tensor (read + write), timed in
-the same rounds: the smaller shapes fit this machine's L3 and the copy then runs from L3 as the op does (a 256 MiB
-copy from DRAM, printed once per path, is no bound for them). Bytes are those the op actually moves: inputs read
+For each CPU code path this machine has (avx512, avx2, portable: forced with GPT3D_CPU_ISA), op and shape: the time
+of the forward, of the backward alone (each call after a fresh, untimed forward) and of both, the speedup of each
+over the PyTorch eager baseline (timed right beside it), and the forward's and the backward's GB/s as a fraction of
+the bandwidth of a copy of the same input into a preallocated tensor (read + write), timed in the same rounds as the
+forward: the smaller shapes fit this machine's L3 and the copy then runs from L3 as the op does (a 256 MiB copy from
+DRAM, printed once per path, is no bound for them). Input gradients are returned, not added into .grad. Bytes are those the op actually moves: inputs read
 once, outputs written once; the causal softmax reads only the visible (lower-triangle) scores and writes the whole
 row (zeros above the diagonal), and its backward reads dy and y over the visible part; GELU's backward reads x and dy
 and writes dx.
@@ -63,13 +64,32 @@ def copy_bandwidth(reps: int, numel: int) -> float:
     return 2 * x.numel() * x.element_size() / timed(lambda: out.copy_(x), reps) / 1e9
 
 
+def as_tuple(outs):
+    return outs if isinstance(outs, tuple) else (outs,)
+
+
 def fwd_bwd(fn, inputs, grads):
-    """Forward then backward of fn(*inputs) (outputs a tensor or a tuple) against `grads`."""
+    """Forward then backward of fn(*inputs) (outputs a tensor or a tuple) against `grads`. The input gradients are
+    returned (torch.autograd.grad), not added into .grad: an accumulation there would add a pass over every input
+    to both sides."""
     def run():
-        outs = fn(*inputs)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        torch.autograd.backward(outs, grads)
+        torch.autograd.grad(as_tuple(fn(*inputs)), inputs, grads)
     return run
+
+
+def timed_backwards(fns, inputs, grads, reps: int, warmup: int = 2) -> list[float]:
+    """Fastest wall time of the backward alone of each of fns, alternating as timed_alternately does: every call runs
+    a fresh forward first, untimed (a backward may write over what its forward saved: the cross-entropy's does)."""
+    best = [float("inf")] * len(fns)
+    for i in range(warmup + reps):
+        for k, fn in enumerate(fns):
+            outs = as_tuple(fn(*inputs))
+            t0 = time.perf_counter()
+            torch.autograd.grad(outs, inputs, grads)
+            if i >= warmup:
+                best[k] = min(best[k], time.perf_counter() - t0)
+            del outs
+    return best
 
 
 def layer_norm_cases(tokens: int, hiddens, dtypes):
@@ -267,19 +287,24 @@ def measure(cases, reps: int):
                 [lambda: fused(*inputs), lambda: eager(*inputs), lambda: target.copy_(source)], reps)
         copy_gbs = 2 * source.numel() * source.element_size() / t_copy / 1e9
         leaves = [t.clone().requires_grad_(True) for t in inputs]
-        outs = fused(*leaves)
-        grads = tuple(torch.randn_like(o) for o in (outs if isinstance(outs, tuple) else (outs,)))
+        grads = tuple(torch.randn_like(o) for o in as_tuple(fused(*leaves)))
         tb_f, tb_e = timed_pair(fwd_bwd(fused, leaves, grads), fwd_bwd(eager, leaves, grads), reps)
-        rows.append((name, str(dtype).replace("torch.", ""), t_f, fwd_bytes / t_f / 1e9, t_e / t_f,
-                     fwd_bytes / t_f / 1e9 / copy_gbs, tb_f, fb_bytes / tb_f / 1e9, tb_e / tb_f, copy_gbs))
+        tg_f, tg_e = timed_backwards([fused, eager], leaves, grads, reps)
+        bwd_gbs = (fb_bytes - fwd_bytes) / tg_f / 1e9
+        rows.append(dict(name=name, dtype=str(dtype).replace("torch.", ""), copy_gbs=copy_gbs,
+                         fwd_ms=t_f * 1e3, fwd_gbs=fwd_bytes / t_f / 1e9, fwd_x=t_e / t_f,
+                         bwd_ms=tg_f * 1e3, bwd_gbs=bwd_gbs, bwd_x=tg_e / tg_f,
+                         fb_ms=tb_f * 1e3, fb_x=tb_e / tb_f))
     return rows
 
 
 def print_table(rows) -> None:
-    headers = ["op / shape", "dtype", "fwd ms", "fwd GB/s", "fwd x eager", "copy GB/s", "fwd / copy", "fwd+bwd ms",
-               "fwd+bwd GB/s", "fwd+bwd x eager"]
-    cells = [[r[0], r[1], f"{r[2] * 1e3:.2f}", f"{r[3]:.1f}", f"{r[4]:.2f}x", f"{r[9]:.1f}", f"{r[5] * 100:.0f}%",
-              f"{r[6] * 1e3:.2f}", f"{r[7]:.1f}", f"{r[8]:.2f}x"] for r in rows]
+    headers = ["op / shape", "dtype", "copy GB/s", "fwd ms", "fwd GB/s", "fwd x eager", "fwd / copy", "bwd ms",
+               "bwd GB/s", "bwd x eager", "bwd / copy", "fwd+bwd ms", "fwd+bwd x eager"]
+    cells = [[r["name"], r["dtype"], f"{r['copy_gbs']:.1f}", f"{r['fwd_ms']:.2f}", f"{r['fwd_gbs']:.1f}",
+              f"{r['fwd_x']:.2f}x", f"{r['fwd_gbs'] / r['copy_gbs']:.0%}", f"{r['bwd_ms']:.2f}", f"{r['bwd_gbs']:.1f}",
+              f"{r['bwd_x']:.2f}x", f"{r['bwd_gbs'] / r['copy_gbs']:.0%}", f"{r['fb_ms']:.2f}", f"{r['fb_x']:.2f}x"]
+             for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
     print(line(headers))

@@ -140,7 +140,8 @@ inline VecAvx2 operator+(VecAvx2 a, VecAvx2 b) { return {_mm256_add_ps(a.v, b.v)
 inline VecAvx2 operator-(VecAvx2 a, VecAvx2 b) { return {_mm256_sub_ps(a.v, b.v)}; }
 inline VecAvx2 operator*(VecAvx2 a, VecAvx2 b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline VecAvx2 operator/(VecAvx2 a, VecAvx2 b) { return {_mm256_div_ps(a.v, b.v)}; }
-// a * b + c with one rounding (the ISO C++ build never contracts a * b + c by itself).
+// a * b + c with one rounding, where a fused one is meant. GCC also fuses a * b + c written with the operators above
+// (its C++ default is -ffp-contract=fast, whatever -std says), so where it does is up to the compiler.
 inline VecAvx2 fmadd(VecAvx2 a, VecAvx2 b, VecAvx2 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 
 }  // namespace

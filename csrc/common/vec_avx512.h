@@ -100,7 +100,8 @@ inline VecAvx512 operator+(VecAvx512 a, VecAvx512 b) { return {_mm512_add_ps(a.v
 inline VecAvx512 operator-(VecAvx512 a, VecAvx512 b) { return {_mm512_sub_ps(a.v, b.v)}; }
 inline VecAvx512 operator*(VecAvx512 a, VecAvx512 b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline VecAvx512 operator/(VecAvx512 a, VecAvx512 b) { return {_mm512_div_ps(a.v, b.v)}; }
-// a * b + c with one rounding (the ISO C++ build never contracts a * b + c by itself).
+// a * b + c with one rounding, where a fused one is meant. GCC also fuses a * b + c written with the operators above
+// (its C++ default is -ffp-contract=fast, whatever -std says), so where it does is up to the compiler.
 inline VecAvx512 fmadd(VecAvx512 a, VecAvx512 b, VecAvx512 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 
 }  // namespace

@@ -24,7 +24,8 @@ inline vf vload(const float* p) { return *reinterpret_cast<const vf_unaligned*>(
 inline void vstore(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
 inline vf vbroadcast(float x) { return (vf){} + x; }
 
-// Fused multiply-add through the intrinsic: ISO -std=c++17 turns off GCC's automatic FMA contraction.
+// Fused multiply-add through the intrinsic, where one is meant: GCC's own contraction of a * b + c (its C++ default,
+// whatever -std says) happens where the compiler chooses.
 inline vf vfma(vf a, vf b, vf c) {
 #if GPT3D_SA_W == 16
   return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);

@@ -47,6 +47,16 @@ inline CpuIsa cpu_isa() {
   return isa;
 }
 
+// Whether the CPU is AMD's (GCC's and Clang's vendor check; false off x86).
+inline bool cpu_vendor_is_amd() {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd;
+#else
+  return false;
+#endif
+}
+
 // Name of the code path the CPU kernels take now.
 inline const char* cpu_isa_name() {
   switch (cpu_isa()) {

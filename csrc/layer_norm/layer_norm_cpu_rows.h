@@ -418,7 +418,8 @@ void add_pair_ordered(const float* pairs, float* out, int64_t cols) {
 // pass) and then worked on in cache: the hardware prefetchers follow demand misses, so during the in-cache passes
 // nothing fetched the next row. Measured per-call (8192 rows, AMD EPYC, 1-2 threads, alternated in one process):
 // LayerNorm forward 5-20% faster, bf16 backward 0-30%; fp32 backward (which reads dy and x from memory in both
-// passes) and add+LayerNorm (three streams) were 5-15% slower with it, so they do without.
+// passes) and add+LayerNorm (three streams) were 5-15% slower with it, so they do without. The bf16 backward asks only
+// where a.prefetch_rows says (layer_norm_cpu.cpp: on an Intel Xeon the plain backward was faster without).
 template <class T>
 __attribute__((always_inline)) inline void prefetch_row(const T* rows, int64_t r, int64_t cols, int64_t total_rows) {
   const int64_t row_bytes = cols * static_cast<int64_t>(sizeof(T)), ahead = r + prefetch_rows_ahead(row_bytes);
@@ -533,7 +534,7 @@ void ln_backward_rows_typed(const LayerNormBackwardArgs& a, int64_t begin, int64
     const T* dy_rows[R];
     const T* x_rows[R];
     for (int i = 0; i < rows; ++i) {
-      if constexpr (kPairOrdered<T>) {
+      if (kPairOrdered<T> && a.prefetch_rows) {
         prefetch_row(dy, r0 + i, c, a.rows);
         prefetch_row(x, r0 + i, c, a.rows);
       }

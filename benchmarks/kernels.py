@@ -6,10 +6,10 @@ of the forward, of the backward alone (each call after a fresh, untimed forward)
 over the PyTorch eager baseline (timed right beside it), and the forward's and the backward's GB/s as a fraction of
 the bandwidth of a copy of the same input into a preallocated tensor (read + write), timed in the same rounds as the
 forward: the smaller shapes fit this machine's L3 and the copy then runs from L3 as the op does (a 256 MiB copy from
-DRAM, printed once per path, is no bound for them). Input gradients are returned, not added into .grad. Bytes are those the op actually moves: inputs read
-once, outputs written once; the causal softmax reads only the visible (lower-triangle) scores and writes the whole
-row (zeros above the diagonal), and its backward reads dy and y over the visible part; GELU's backward reads x and dy
-and writes dx.
+DRAM, printed once per path, is no bound for them). Input gradients are returned, not added into .grad. Bytes are
+those the op actually moves: inputs read once, outputs written once; the causal softmax reads only the visible
+(lower-triangle) scores and writes the whole row (zeros above the diagonal), and its backward reads dy and y over the
+visible part; GELU's backward reads x and dy and writes dx.
 
     python benchmarks/kernels.py                 # GPT-2-small-like layer shapes, every path of this CPU
     python benchmarks/kernels.py --isa avx2      # one path

@@ -164,17 +164,21 @@ def cross_entropy_cases(shapes, dtypes):
             yield (f"cross_entropy {tokens}x{vocab}", dtype, (x,), ours, eager, n, n + 2 * n, 1)
 
 
-def attention_cases(shapes):
+def attention_cases(shapes, block: int = 64):
     """Causal attention over fp32 [b, h, s, 64]: gpt3d's blocked explicit core (gpt3d.kernels.block_causal_attention,
-    the CPU's model.dense_attention auto up to s 1024) against torch's fused attention (SDPA, is_causal). Bytes: q, k,
-    v read and the output written (forward); plus the output gradient read and three input gradients written."""
+    the CPU's model.dense_attention auto up to s 1024, blocks of 64 queries) against torch's fused attention (SDPA,
+    is_causal). Bytes, gpt3d's: the forward reads q, k and v and writes the output and the visible probabilities it
+    saves (b h (s^2 + s block) / 2 fp32 values); the backward reads the output gradient, q, k, v and those
+    probabilities, and writes three input gradients. The op is bound by its GEMMs, so its GB/s is no target."""
     for b, h, s in shapes:
         q = torch.randn(3, b, h, s, 64)
         n = q[0].numel() * q.element_size()
+        probs = b * h * (s * s + s * block) // 2 * 4
+        fwd_bytes, bwd_bytes = 4 * n + probs, 7 * n + probs
         yield (f"causal_attention {b}x{h}x{s}x64", torch.float32, (q[0], q[1], q[2]),
-               lambda q, k, v: K.block_causal_attention(q, k, v, 0.125, impl="fused"),
+               lambda q, k, v: K.block_causal_attention(q, k, v, 0.125, impl="fused", block=block),
                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.125),
-               4 * n, 4 * n + 4 * n, 1)
+               fwd_bytes, fwd_bytes + bwd_bytes, 1)
 
 
 # torch's own CPU kernels are dispatched by ATEN_CPU_CAPABILITY: measuring gpt3d's avx2 path against torch's avx2 kernels

@@ -33,7 +33,6 @@ struct LayerNormBackwardArgs {
   void* dbeta;        // [cols], w_dtype
   int64_t rows, cols;
   DType x_dtype, w_dtype;
-  bool prefetch_rows = false;  // CPU, bf16 rows: ask for the rows ahead in software (set by layer_norm_backward_cpu)
 };
 
 }  // namespace gpt3d

@@ -35,16 +35,7 @@ void layer_norm_forward_cpu(const LayerNormForwardArgs& a) {
   }
 }
 
-void layer_norm_backward_cpu(const LayerNormBackwardArgs& args) {
-  LayerNormBackwardArgs a = args;
-  // Software prefetch of dy's and x's rows ahead (prefetch_row in layer_norm_cpu_rows.h). On AMD CPUs the hardware
-  // prefetchers follow demand misses, so nothing fetched the next rows while a row's second pass ran in cache, and
-  // asking for them made the bf16 backward 0-30% faster (Zen 5 EPYC, 8192 rows). On the Intel Xeon measured (AMX
-  // generation; 8192 bf16 rows, 2 threads, each backward after a fresh forward, with and without alternated in one
-  // process) the plain backward ran 3-17% faster without them (its L2 streamer already runs ahead of two input
-  // streams), while add + LayerNorm's, which also reads the residual's gradient, ran 6-18% slower without them at
-  // 768-1024 columns (at 2048: avx512 the same, avx2 11% faster).
-  a.prefetch_rows = cpu_vendor_is_amd() || a.dextra != nullptr;
+void layer_norm_backward_cpu(const LayerNormBackwardArgs& a) {
   auto rows_fn = pick_for_isa(cpu_avx512::layer_norm_backward_rows, cpu_avx2::layer_norm_backward_rows,
                               cpu_portable::layer_norm_backward_rows);
   // dgamma/dbeta: each chunk of rows accumulates its own fp32 column sums, added in chunk order afterwards. The chunk

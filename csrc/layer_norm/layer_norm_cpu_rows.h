@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/bf16.h"
+#include "common/cpu_features.h"
 #include "common/dtype.h"
 #include "common/prefetch.h"
 #include "layer_norm/layer_norm_cpu.h"
@@ -418,12 +419,22 @@ void add_pair_ordered(const float* pairs, float* out, int64_t cols) {
 // pass) and then worked on in cache: the hardware prefetchers follow demand misses, so during the in-cache passes
 // nothing fetched the next row. Measured per-call (8192 rows, AMD EPYC, 1-2 threads, alternated in one process):
 // LayerNorm forward 5-20% faster, bf16 backward 0-30%; fp32 backward (which reads dy and x from memory in both
-// passes) and add+LayerNorm (three streams) were 5-15% slower with it, so they do without. The bf16 backward asks only
-// where a.prefetch_rows says (layer_norm_cpu.cpp: on an Intel Xeon the plain backward was faster without).
+// passes) and add+LayerNorm (three streams) were 5-15% slower with it, so they do without. The bf16 backward asks
+// only where backward_prefetches_rows says.
 template <class T>
 __attribute__((always_inline)) inline void prefetch_row(const T* rows, int64_t r, int64_t cols, int64_t total_rows) {
   const int64_t row_bytes = cols * static_cast<int64_t>(sizeof(T)), ahead = r + prefetch_rows_ahead(row_bytes);
   if (ahead < total_rows) prefetch_for_read(rows + ahead * cols, row_bytes);
+}
+
+// Whether the bf16 backward prefetches dy's and x's rows ahead. On AMD CPUs, yes: its bf16 backward was 0-30% faster
+// with it (Zen 5 EPYC, 8192 rows). On the Intel Xeon measured (AMX generation; 8192 bf16 rows, 2 threads, each
+// backward after a fresh forward, with and without alternated in one process) the plain backward ran 3-17% faster
+// without (its L2 streamer already runs ahead of two input streams), while add + LayerNorm's, which also reads the
+// residual's gradient (dextra), ran 6-18% slower without at 768-1024 columns (at 2048: avx512 the same, avx2 11%
+// faster).
+inline bool backward_prefetches_rows(const LayerNormBackwardArgs& a) {
+  return cpu_vendor_is_amd() || a.dextra != nullptr;
 }
 
 // bf16 LayerNorm rows with each row's last pass run in the loop of the next row's one-pass statistics. One row at a
@@ -529,12 +540,13 @@ void ln_backward_rows_typed(const LayerNormBackwardArgs& a, int64_t begin, int64
     db = dbeta_pairs.data();
   }
   constexpr int R = kBackwardRowsAtOnce<T>;
+  const bool prefetch = kPairOrdered<T> && backward_prefetches_rows(a);
   for (int64_t r0 = begin; r0 < end; r0 += R) {
     const int rows = static_cast<int>(std::min<int64_t>(R, end - r0));
     const T* dy_rows[R];
     const T* x_rows[R];
     for (int i = 0; i < rows; ++i) {
-      if (kPairOrdered<T> && a.prefetch_rows) {
+      if (prefetch) {
         prefetch_row(dy, r0 + i, c, a.rows);
         prefetch_row(x, r0 + i, c, a.rows);
       }

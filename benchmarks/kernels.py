@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import gpt3d.kernels as K
 from gpt3d.heap import keep_freed_memory
+from gpt3d.profiler.step_floor import copy_bandwidth_gbs
 
 
 def timed(fn, reps: int, warmup: int = 2) -> float:
@@ -56,12 +57,6 @@ def timed_alternately(fns, reps: int, warmup: int = 2) -> list[float]:
             f()
             best[i] = min(best[i], time.perf_counter() - t0)
     return best
-
-
-def copy_bandwidth(reps: int, numel: int) -> float:
-    """Read + write GB/s of copying into a preallocated tensor (the bound a single-pass kernel can reach)."""
-    x, out = torch.randn(numel), torch.empty(numel)
-    return 2 * x.numel() * x.element_size() / timed(lambda: out.copy_(x), reps) / 1e9
 
 
 def as_tuple(outs):
@@ -247,7 +242,7 @@ def main() -> None:
                  *cross_entropy_cases(((1024, 8192), (512, 50304)), (torch.float32, torch.bfloat16)),
                  *attention_cases(((2, 8, 512), (2, 8, 1024), (1, 8, 2048)))]
     cases = [c for c in cases if args.only in c[0]]
-    copy_gbs = copy_bandwidth(reps, (1 << 22) if args.quick else (1 << 26))
+    copy_gbs = copy_bandwidth_gbs((1 << 22) if args.quick else (1 << 26), reps)
     print(f"\ngpt3d path {K.cpu_isa()} vs torch eager at ATEN_CPU_CAPABILITY={torch.backends.cpu.get_cpu_capability()}"
           f"; large-copy bandwidth (copy_ of {4 << (22 if args.quick else 26) >> 20} MiB into a preallocated tensor, "
           f"read+write) = {copy_gbs:.1f} GB/s; copy GB/s per row: the same copy of the case's input; {malloc}")

@@ -13,7 +13,9 @@ fp32, where gpt3d's fp32 GEMMs go to oneDNN (gpt3d/model/gemm.py: AMD CPUs with 
 path), "gpt3d torch GEMM" is gpt3d auto with torch's own fp32 GEMM, the one Hugging Face runs: the library's share
 of the ratio. "of GEMM" is against the fastest GEMM route measured. Last per dtype: the time one more (profiled) step
 of gpt3d auto and of Hugging Face spends in the linear layers' and the head's GEMMs, and Hugging Face's step time over
-gpt3d's: how far ahead gpt3d could be if nothing but those GEMMs took time (gpt3d/profiler/gemm_floor.py). Every run
+gpt3d's: how far ahead gpt3d could be if nothing but those GEMMs took time (gpt3d/profiler/gemm_floor.py); then a
+tighter floor of gpt3d's step, those GEMMs plus the causal attention core's GEMMs at the best measured GEMM rate plus
+the bytes the loss and AdamW must move at the copy bandwidth measured at start (gpt3d/profiler/step_floor.py). Every run
 shares this process and so its malloc settings: gpt3d's CPU runtime keeps freed memory in the heap (gpt3d/heap.py),
 applied here before any run, so that Hugging Face's step reuses its pages too (GPT3D_MALLOC=system runs both with
 glibc's defaults). Usage:
@@ -37,6 +39,8 @@ from gpt3d.model import gemm
 from gpt3d.model.flops import megatron_model_flops
 from gpt3d.profiler.gemm_floor import linear_gemm_seconds
 from gpt3d.profiler.cpu_peak import cpu_peak_tflops
+from gpt3d.profiler.step_floor import (adamw_bytes, causal_attention_gemm_flops, copy_bandwidth_gbs, loss_bytes,
+                                       step_floor)
 from gpt3d.train.runtime import init_runtime
 from gpt3d.train.trainer import Trainer
 
@@ -109,7 +113,12 @@ def gpt3d_step_fn(args, dtype: str, batch: np.ndarray, kernels: str, bf16_matmul
                              f"train.micro_batch_size={args.batch}", f"train.dtype={dtype}", "optim.grad_clip=1.0",
                              f"train.steps={args.steps + 1}"])
     trainer = Trainer(cfg, init_runtime(cfg, 0, 1, 0, 1))
-    return cfg, lambda: trainer.train_step(batch)
+    return cfg, lambda: trainer.train_step(batch), trainer
+
+
+def parameter_count(trainer: Trainer) -> int:
+    """The model's distinct parameters (the tied head counted once): what AdamW updates."""
+    return sum(p.numel() for p in {id(p): p for chunk in trainer.chunks for p in chunk.parameters()}.values())
 
 
 def hf_step_fn(args, dtype: str, batch: np.ndarray):
@@ -152,6 +161,7 @@ def main() -> None:
     torch.manual_seed(0)
     batch = np.random.default_rng(0).integers(0, HF_VOCAB, size=(args.batch, args.seq + 1)).astype(np.int64)
     threads = torch.get_num_threads()
+    copy_gbs = copy_bandwidth_gbs()
     print(f"config: {args.layers} layers, d {args.d_model}, {args.heads} heads, seq {args.seq}, batch {args.batch}; "
           f"{threads} threads; {cpu_peak_tflops(torch.float32, threads)[1]}; every run: {heap}")
     print(f"{'dtype':6} {'run':15} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'of GEMM':>8}  x HF  "
@@ -162,9 +172,11 @@ def main() -> None:
         gemm_rate, gemm_route = gemm_peak_tflops(torch_dtype)
         runs = {}
         for kernels in ("auto", "fused", "reference"):
-            cfg, runs[f"gpt3d {kernels}"] = gpt3d_step_fn(args, dtype, batch, kernels)
+            cfg, runs[f"gpt3d {kernels}"], trainer = gpt3d_step_fn(args, dtype, batch, kernels)
+            if kernels == "auto":
+                params = parameter_count(trainer)
         if dtype == "bf16":  # the bf16_matmul lever on its own: torch's bf16 GEMMs instead of auto's choice
-            _, runs["gpt3d bf16 GEMM"] = gpt3d_step_fn(args, dtype, batch, "auto", "bf16")
+            _, runs["gpt3d bf16 GEMM"], _ = gpt3d_step_fn(args, dtype, batch, "auto", "bf16")
         if dtype == "fp32" and gemm.fp32_gemm_library() != "torch":  # the fp32 GEMM library lever on its own
             runs["gpt3d torch GEMM"] = with_fp32_gemm("torch", gpt3d_step_fn(args, dtype, batch, "auto")[1])
         runs["hf (fused AdamW)"] = hf_step_fn(args, dtype, batch)
@@ -188,6 +200,15 @@ def main() -> None:
         print(f"{dtype}: linear-layer and head GEMMs (one more profiled step each; gpt3d/profiler/gemm_floor.py): "
               f"gpt3d auto {ours * 1e3:.0f} ms, hf {theirs * 1e3:.0f} ms. hf's step / gpt3d's GEMMs = "
               f"{t_hf / ours:.2f}x: gpt3d auto's ceiling over hf were all else free")
+        logit_bytes = 4 if dtype == "fp32" else 2
+        floor = step_floor(ours, causal_attention_gemm_flops(args.layers, args.batch, args.seq, args.d_model),
+                           gemm_rate, loss_bytes(tokens, cfg.model.padded_vocab_size, logit_bytes)
+                           + adamw_bytes(params, low_precision_weights=dtype != "fp32"), copy_gbs)
+        print(f"{dtype}: floor of gpt3d auto's step (gpt3d/profiler/step_floor.py): those GEMMs {ours * 1e3:.0f} ms + "
+              f"the causal attention core's GEMMs at the best GEMM rate {floor.attention_gemms * 1e3:.0f} ms + the "
+              f"loss's and AdamW's bytes at the copy bandwidth ({copy_gbs:.1f} GB/s) {floor.memory * 1e3:.0f} ms = "
+              f"{floor.seconds * 1e3:.0f} ms. hf's step / floor = {t_hf / floor.seconds:.2f}x: the most gpt3d auto "
+              f"could be ahead of hf, everything else free")
 
 
 if __name__ == "__main__":

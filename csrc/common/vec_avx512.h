@@ -32,11 +32,18 @@ struct VecAvx512 {
     if (n >= kWidth) _mm512_storeu_ps(p, v);
     else _mm512_mask_storeu_ps(p, first(n), v);
   }
-  // fp32 bits rounded to nearest even at bit 16, the bf16 in the high half (common/bf16_round.h).
+  // fp32 bits rounded to nearest even at bit 16, the bf16 in the high half, as common/bf16_round.h computes them.
+  // Bit 16 (the bf16's last bit) picks the lanes that add one more through a mask: three instructions where the
+  // shift, and and two adds of the generic form are four.
   template <bool kCheckNaN = true>
   static __m512i rounded_bf16_bits(__m512 v) {
-    typedef uint32_t U __attribute__((vector_size(64)));
-    return reinterpret_cast<__m512i>(gpt3d::rounded_bf16_bits<kCheckNaN, U>(v));
+    const __m512i bits = _mm512_castps_si512(v);
+    const __mmask16 odd = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x10000));
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff));
+    rounded = _mm512_mask_add_epi32(rounded, odd, rounded, _mm512_set1_epi32(1));
+    if constexpr (!kCheckNaN) return rounded;
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);  // quieted, payload kept
+    return _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x00400000));
   }
   void store(uint16_t* p, int n = kWidth) const {
     // The high half of every lane, gathered into the low 256 bits by one word permute (a shift and a narrowing

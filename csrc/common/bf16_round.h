@@ -1,6 +1,7 @@
-// fp32 -> bf16 round to nearest even (as torch) on a whole vector, written once for every CPU vector path with GCC /
-// Clang generic vectors: F is a float vector (__m512, __m256 or VecPortable's 4 lanes), U the uint32 vector of its
-// size. Include after the including file's target pragma, so each path compiles it for its own instruction set.
+// fp32 -> bf16 round to nearest even (as torch) on a whole vector, written once with GCC / Clang generic vectors for
+// the AVX2 and portable paths: F is a float vector (__m256 or VecPortable's 4 lanes), U the uint32 vector of its size.
+// (VecAvx512::rounded_bf16_bits computes the same bits in one instruction fewer, with a mask.) Include after the
+// including file's target pragma, so each path compiles it for its own instruction set.
 #pragma once
 #include <cstdint>
 

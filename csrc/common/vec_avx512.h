@@ -5,7 +5,6 @@
 
 #include <cstdint>
 
-#include "common/bf16_round.h"
 
 namespace gpt3d {
 namespace {

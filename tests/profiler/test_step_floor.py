@@ -1,6 +1,6 @@
 """The step floor's counts against independent ones: the attention core's FLOPs against the products a causal
-attention actually computes, counted from its mask; the loss's and AdamW's bytes against a hand count for GPT-2
-small's head and a d512 model; bad rates rejected by name."""
+attention computes, counted from its mask; the loss's bytes against the logits tensor's own size; AdamW's bytes
+against a count by hand of what it reads and writes; bad rates rejected by name."""
 import pytest
 import torch
 
